@@ -1,0 +1,199 @@
+"""Test helpers for deepkit layers, written against the public Keras API only.
+
+`TestCase.run_layer_test` checks what every deepkit layer must do: a JSON
+config round trip, registration as ``deepkit>Name``, eager and symbolic calls
+with the expected shapes, the expected numbers of weights and losses, one
+`fit` step that changes the trainable weights, and a `.keras` save and load in
+safe mode that gives identical outputs.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import unittest
+
+import keras
+import numpy as np
+
+
+class TestCase(unittest.TestCase):
+    """`unittest.TestCase` with numeric assertions and `run_layer_test`."""
+
+    def setUp(self):
+        super().setUp()
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(1337)
+
+    def get_temp_dir(self):
+        """A fresh temporary folder, removed after the test."""
+        path = tempfile.mkdtemp(prefix="deepkit-test-")
+        self.addCleanup(shutil.rmtree, path, ignore_errors=True)
+        return path
+
+    def assertAllClose(self, actual, desired, atol=1e-6, rtol=1e-6, msg=""):
+        np.testing.assert_allclose(
+            _numpy(actual), _numpy(desired), atol=atol, rtol=rtol, err_msg=msg
+        )
+
+    def assertAllEqual(self, actual, desired, msg=""):
+        np.testing.assert_array_equal(_numpy(actual), _numpy(desired), err_msg=msg)
+
+    def run_layer_test(
+        self,
+        layer_cls,
+        init_kwargs,
+        input_data=None,
+        input_shape=None,
+        input_dtype="float32",
+        expected_output_shape=None,
+        expected_num_trainable_weights=None,
+        expected_num_non_trainable_weights=None,
+        expected_num_losses=None,
+        call_kwargs=None,
+        run_training_check=True,
+        run_saving_check=True,
+        run_symbolic_check=True,
+        custom_objects=None,
+    ):
+        """Check the contract every deepkit layer follows.
+
+        Args:
+            layer_cls: the layer class.
+            init_kwargs: arguments for the constructor.
+            input_data: a numpy array (or list of arrays) to call the layer
+                on; made from `input_shape` when omitted.
+            input_shape: shape of random input data when `input_data` is None.
+            input_dtype: dtype of the random input data.
+            expected_output_shape: the output shape for `input_data`.
+            expected_num_trainable_weights: after the layer is built.
+            expected_num_non_trainable_weights: after the layer is built.
+            expected_num_losses: `len(layer.losses)` after a training call.
+            call_kwargs: extra keyword arguments for `call`.
+            run_training_check: whether to run one `fit` step.
+            run_saving_check: whether to save and load a `.keras` model.
+            run_symbolic_check: whether to call on a `keras.Input`.
+            custom_objects: passed to `keras.saving.load_model`.
+        """
+        call_kwargs = dict(call_kwargs or {})
+        if input_data is None:
+            if input_shape is None:
+                raise ValueError("run_layer_test needs input_data or input_shape")
+            input_data = _random_input(input_shape, input_dtype)
+        multi_input = isinstance(input_data, (list, tuple))
+
+        # 1. Configuration: JSON round trip, registered name, same config back.
+        layer = layer_cls(**init_kwargs)
+        config = layer.get_config()
+        self.assertEqual(
+            json.loads(json.dumps(config)), config, "get_config() is not JSON-safe"
+        )
+        serialized = keras.saving.serialize_keras_object(layer)
+        self.assertTrue(
+            (serialized.get("registered_name") or "").startswith("deepkit>")
+            or layer_cls.__module__.startswith("keras"),
+            f"{layer_cls.__name__} is not registered as 'deepkit>...': "
+            f"{serialized.get('registered_name')!r}",
+        )
+        revived = keras.saving.deserialize_keras_object(
+            json.loads(json.dumps(serialized))
+        )
+        self.assertIsInstance(revived, layer_cls)
+        self.assertEqual(revived.get_config(), config)
+        self.assertEqual(layer_cls.from_config(config).get_config(), config)
+
+        # 2. Eager call: shapes, weights, losses.
+        output = layer(input_data, **call_kwargs)
+        output_np = _numpy(output)
+        if expected_output_shape is not None:
+            self.assertEqual(tuple(output_np.shape), tuple(expected_output_shape))
+        if expected_num_trainable_weights is not None:
+            self.assertLen(layer.trainable_weights, expected_num_trainable_weights)
+        if expected_num_non_trainable_weights is not None:
+            self.assertLen(
+                layer.non_trainable_weights, expected_num_non_trainable_weights
+            )
+        self.assertTrue(np.all(np.isfinite(output_np)), "non-finite layer output")
+        if expected_num_losses is not None:
+            layer(input_data, training=True, **call_kwargs)
+            self.assertLen(layer.losses, expected_num_losses)
+
+        # 3. Symbolic call on keras.Input, with an unknown batch size.
+        if run_symbolic_check:
+            inputs = _symbolic_inputs(input_data)
+            symbolic_layer = layer_cls(**init_kwargs)
+            symbolic_output = symbolic_layer(inputs, **call_kwargs)
+            if expected_output_shape is not None:
+                self.assertEqual(
+                    tuple(symbolic_output.shape)[1:], tuple(expected_output_shape)[1:]
+                )
+                computed = symbolic_layer.compute_output_shape(
+                    [tuple(i.shape) for i in inputs] if multi_input else tuple(inputs.shape)
+                )
+                if isinstance(computed, tuple) and computed and isinstance(
+                    computed[0], (int, type(None))
+                ):
+                    self.assertEqual(tuple(computed)[1:], tuple(expected_output_shape)[1:])
+
+        # 4. One training step changes the trainable weights.
+        model = None
+        if run_training_check or run_saving_check:
+            inputs = _symbolic_inputs(input_data)
+            model = keras.Model(inputs, layer_cls(**init_kwargs)(inputs, **call_kwargs))
+        if run_training_check:
+            target = np.random.default_rng(0).normal(size=output_np.shape).astype(
+                "float32"
+            )
+            model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+            before = [_numpy(w).copy() for w in model.trainable_weights]
+            history = model.fit(
+                input_data, target, batch_size=len(target), epochs=1, verbose=0
+            )
+            self.assertTrue(np.isfinite(history.history["loss"][0]), "loss not finite")
+            if before:
+                after = [_numpy(w) for w in model.trainable_weights]
+                changed = any(not np.array_equal(b, a) for b, a in zip(before, after))
+                self.assertTrue(changed, "one fit step changed no trainable weight")
+
+        # 5. .keras save and load in safe mode: identical outputs.
+        if run_saving_check:
+            path = os.path.join(self.get_temp_dir(), "model.keras")
+            model.save(path)
+            loaded = keras.saving.load_model(
+                path, custom_objects=custom_objects, safe_mode=True
+            )
+            self.assertAllClose(
+                loaded.predict(input_data, verbose=0),
+                model.predict(input_data, verbose=0),
+                atol=1e-6,
+                rtol=0,
+                msg="outputs differ after .keras save and load",
+            )
+            self.assertEqual(
+                loaded.layers[-1].get_config(), model.layers[-1].get_config()
+            )
+        return layer
+
+    def assertLen(self, container, expected, msg=None):
+        self.assertEqual(len(container), expected, msg)
+
+
+def _numpy(x):
+    if isinstance(x, (list, tuple)):
+        return np.asarray([_numpy(i) for i in x])
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def _random_input(shape, dtype):
+    rng = np.random.default_rng(1)
+    if isinstance(shape, list):
+        return [_random_input(s, dtype) for s in shape]
+    if "int" in str(dtype):
+        return rng.integers(0, 4, size=shape).astype(dtype)
+    return rng.normal(size=shape).astype(dtype)
+
+
+def _symbolic_inputs(data):
+    if isinstance(data, (list, tuple)):
+        return [keras.Input(shape=np.shape(d)[1:], dtype=str(np.asarray(d).dtype)) for d in data]
+    return keras.Input(shape=np.shape(data)[1:], dtype=str(np.asarray(data).dtype))
