@@ -1,1 +1,2 @@
 """deepkit.layers."""
+from deepkit.layers.maxout import Maxout, MaxoutConv2D
