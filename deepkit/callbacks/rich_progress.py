@@ -1,0 +1,114 @@
+"""A rich progress display for `model.fit`."""
+
+import time
+
+import keras
+import numpy as np
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from deepkit.export import export
+
+
+def format_logs(logs, keys=None):
+    """'loss 0.1234 · accuracy 0.9812' for the scalar entries of `logs`."""
+    parts = []
+    for key, value in (logs or {}).items():
+        if keys is not None and key not in keys:
+            continue
+        try:
+            value = float(np.asarray(value))
+        except (TypeError, ValueError):
+            continue
+        parts.append(f"{key} {value:.4g}")
+    return " · ".join(parts)
+
+
+@export
+class RichProgressBar(keras.callbacks.Callback):
+    """Epoch and batch progress, metrics, throughput and ETA, drawn with rich.
+
+    Use it instead of Keras' progress bar: `fit(..., verbose=0,
+    callbacks=[RichProgressBar()])`. One bar follows the epochs (with the
+    time left for the run), one the batches of the current epoch (with the
+    latest metrics, examples per second and the time left for the epoch);
+    each finished epoch leaves one line with its metrics.
+
+    Args:
+        batch_size: examples per batch, to show examples per second (batches
+            per second otherwise).
+        console: a `rich.console.Console` (the default writes to stderr).
+        refresh_per_second: how often the display is redrawn.
+
+    Example:
+
+    ```python
+    model.fit(x, y, epochs=5, verbose=0,
+              callbacks=[deepkit.callbacks.RichProgressBar(batch_size=100)])
+    ```
+    """
+
+    def __init__(self, batch_size=None, console=None, refresh_per_second=4):
+        super().__init__()
+        self.batch_size = batch_size
+        self.console = console or Console(stderr=True)
+        self.refresh_per_second = refresh_per_second
+        self._progress = None
+
+    def get_config(self):
+        return {"batch_size": self.batch_size, "refresh_per_second": self.refresh_per_second}
+
+    def on_train_begin(self, logs=None):
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            refresh_per_second=self.refresh_per_second,
+            transient=True,
+        )
+        self._progress.start()
+        epochs = self.params.get("epochs") or 1
+        self._epochs_task = self._progress.add_task("epochs", total=epochs, info="")
+        self._batch_task = None
+        self._first_epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+            self._progress.update(self._epochs_task, completed=epoch)
+        self._epoch = epoch
+        self._epoch_start = time.perf_counter()
+        self._seen_batches = 0
+        steps = self.params.get("steps")
+        if self._batch_task is None:
+            self._batch_task = self._progress.add_task(f"epoch {epoch + 1}", total=steps, info="")
+        else:
+            self._progress.reset(self._batch_task, total=steps, description=f"epoch {epoch + 1}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._seen_batches = batch + 1
+        elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
+        rate = self._seen_batches / elapsed
+        unit = "batch/s"
+        if self.batch_size:
+            rate, unit = rate * self.batch_size, "ex/s"
+        info = f"{format_logs(logs)} · {rate:,.0f} {unit}"
+        self._progress.update(self._batch_task, completed=self._seen_batches, info=info)
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._epoch_start
+        self._progress.update(self._epochs_task, completed=epoch + 1)
+        self._progress.console.print(
+            f"epoch {epoch + 1}/{self.params.get('epochs')}: {format_logs(logs)} ({seconds:.1f}s)"
+        )
+
+    def on_train_end(self, logs=None):
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

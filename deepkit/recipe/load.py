@@ -1,0 +1,153 @@
+"""Read a recipe file, apply overrides and the smoke block, validate it.
+
+`read(path)` needs no Keras (the CLI reads the backend from the recipe before
+importing Keras); `load(path, overrides, smoke)` also checks every name,
+configuration and data file, so that a bad recipe fails before any work.
+"""
+
+import copy
+import re
+from pathlib import Path
+
+import yaml
+
+from deepkit.recipe.errors import RecipeError, describe
+from deepkit.recipe import schema
+
+_TOKEN = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
+
+
+def read(path):
+    """The recipe file at `path` as plain data (`yaml.safe_load`)."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError("no such recipe file", file=path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"cannot read the file: {e}", file=path) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        mark = e.problem_mark
+        line = f"line {mark.line + 1}: " if mark else ""
+        raise RecipeError(
+            f"{line}YAML tags such as {e.problem.split()[-1] if e.problem else 'this'} "
+            "are not allowed: recipes are plain data (mappings, lists, numbers, strings)",
+            file=path,
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise RecipeError(f"{line}invalid YAML: {problem}", file=path) from None
+    if raw is None:
+        raise RecipeError("the file is empty", file=path)
+    if not isinstance(raw, dict):
+        raise RecipeError(f"expected a mapping of recipe sections, found {describe(raw)}", file=path)
+    return raw
+
+
+def split_path(path):
+    """``"a.b[2].c"`` -> ``["a", "b", 2, "c"]``; RecipeError when malformed."""
+    tokens, pos = [], 0
+    text = str(path)
+    while pos < len(text):
+        if text[pos] == "." and tokens and pos + 1 < len(text):
+            pos += 1
+        match = _TOKEN.match(text, pos)
+        if not match:
+            raise RecipeError(f"malformed key path {text!r}")
+        tokens.append(match.group(1) if match.group(1) is not None else int(match.group(2)))
+        pos = match.end()
+    if not tokens:
+        raise RecipeError(f"malformed key path {text!r}")
+    return tokens
+
+
+def set_path(raw, path, value, origin):
+    """Set `raw[path] = value` in place; `origin` names the override in errors."""
+    tokens = split_path(path)
+    node, walked = raw, ""
+    for i, token in enumerate(tokens):
+        last = i == len(tokens) - 1
+        here = f"{walked}[{token}]" if isinstance(token, int) else (f"{walked}.{token}" if walked else token)
+        if isinstance(token, int):
+            if not isinstance(node, list):
+                raise RecipeError(f"{origin}: {walked or 'the recipe'} is not a list, cannot index [{token}]")
+            if not -len(node) <= token < len(node):
+                raise RecipeError(f"{origin}: index [{token}] is out of range, {walked} has {len(node)} items")
+        else:
+            if not isinstance(node, dict):
+                raise RecipeError(f"{origin}: {walked or 'the recipe'} is not a mapping, cannot take key {token!r}")
+            if not last and token not in node:
+                from deepkit.recipe.errors import closest
+                raise RecipeError(f"{origin}: no key {here!r} in the recipe{closest(token, node)}")
+        if last:
+            node[token] = value
+        else:
+            node = node[token]
+        walked = here
+    return raw
+
+
+def parse_override(text):
+    """``"a.b[2].c=value"`` -> (path, value), the value read as a YAML scalar."""
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected KEY.PATH=VALUE")
+    path, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, (dict, list)) or (parsed is not None and not isinstance(parsed, (str, int, float, bool))):
+        parsed = value
+    return path.strip(), parsed
+
+
+def resolve(raw, overrides=(), smoke=False, file=None):
+    """A copy of `raw` with the smoke block (if `smoke`) and overrides applied."""
+    raw = copy.deepcopy(raw)
+    try:
+        if smoke:
+            block = raw.get("smoke") or {}
+            if not isinstance(block, dict):
+                raise RecipeError(f"expected a mapping, found {describe(block)}", "smoke")
+            for path, value in block.items():
+                set_path(raw, path, value, origin=f"smoke.{path}")
+        for text in overrides:
+            path, value = parse_override(text)
+            set_path(raw, path, value, origin=f"--set {text}")
+    except RecipeError as e:
+        raise e.at(file=file) from None
+    return raw
+
+
+def load(path, overrides=(), smoke=False, check_names=True):
+    """Read, resolve and fully validate the recipe at `path`.
+
+    Args:
+        path: the YAML file.
+        overrides: ``"a.b[2].c=value"`` strings (``--set``).
+        smoke: apply the recipe's `smoke:` block first.
+        check_names: also check names, configurations and data files (this
+            imports Keras).
+
+    Returns:
+        A `deepkit.recipe.schema.Recipe`.
+    """
+    raw = resolve(read(path), overrides, smoke, file=str(path))
+    recipe = schema.parse(raw, file=str(path))
+    if check_names:
+        from deepkit.recipe import names
+
+        try:
+            names.validate(recipe)
+        except RecipeError as e:
+            raise e.at(file=str(path)) from None
+    return recipe
+
+
+def dump(recipe):
+    """The resolved recipe as YAML text."""
+    return yaml.safe_dump(recipe.raw, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,250 @@
+"""Names in recipes: look them up, check their configurations, build them.
+
+A name is looked up in deepkit's registry (classes registered with
+`deepkit.export.export`), then among the public Keras classes of the same
+kind: layers, optimizers, losses, metrics, callbacks, learning-rate
+schedules, initializers, constraints and regularizers. Configuration keys are
+checked against the constructor's signature, simple types against its
+defaults, and each object is built once during validation, so that its own
+argument checks run before any training; every failure is a `RecipeError`
+with the key path.
+"""
+
+import inspect
+
+import keras
+
+from deepkit import datasets, export
+from deepkit.recipe.errors import RecipeError, closest, describe
+from deepkit.recipe.schema import ObjectSpec, check_type
+
+_BASES = {
+    "layer": (keras.layers, keras.layers.Layer),
+    "model": (None, keras.Model),
+    "optimizer": (keras.optimizers, keras.optimizers.Optimizer),
+    "loss": (keras.losses, keras.losses.Loss),
+    "metric": (keras.metrics, keras.metrics.Metric),
+    "callback": (keras.callbacks, keras.callbacks.Callback),
+    "schedule": (keras.optimizers.schedules, keras.optimizers.schedules.LearningRateSchedule),
+    "initializer": (keras.initializers, keras.initializers.Initializer),
+    "constraint": (keras.constraints, keras.constraints.Constraint),
+    "regularizer": (keras.regularizers, keras.regularizers.Regularizer),
+}
+# Kinds that may appear nested inside another object's configuration.
+_NESTED_KINDS = ("schedule", "initializer", "constraint", "regularizer", "layer")
+# Keyword arguments every Keras layer accepts through **kwargs.
+_LAYER_KWARGS = ("name", "dtype", "trainable", "autocast", "input_shape", "input_dim",
+                 "batch_size", "activity_regularizer")
+# Loss and metric names Keras' compile() understands as strings.
+_METRIC_STRINGS = ("accuracy", "acc", "crossentropy", "ce")
+
+
+def _module_names(kind):
+    module, base = _BASES[kind]
+    names = [export_name for export_name, cls in export.registry().items()
+             if isinstance(cls, type) and issubclass(cls, base)]
+    if module is not None:
+        names += [n for n in dir(module) if not n.startswith("_")
+                  and isinstance(getattr(module, n), type) and issubclass(getattr(module, n), base)]
+    if kind == "model":
+        names += ["Sequential"]
+    return sorted(set(names))
+
+
+def lookup(kind, name):
+    """The class registered as `name` for `kind`, or None."""
+    module, base = _BASES[kind]
+    bare = name[len("deepkit>"):] if name.startswith("deepkit>") else name
+    cls = export.registry().get(bare)
+    if isinstance(cls, type) and issubclass(cls, base):
+        return cls
+    if module is not None and not name.startswith("deepkit>"):
+        cls = getattr(module, name, None)
+        if isinstance(cls, type) and issubclass(cls, base):
+            return cls
+    return None
+
+
+def resolve(kind, spec):
+    """The class named by `spec` (an ObjectSpec); RecipeError when unknown."""
+    cls = lookup(kind, spec.name)
+    if cls is None:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise RecipeError(
+            f"unknown {kind} {spec.name!r}{closest(spec.name, _module_names(kind))}; "
+            f"expected {article} {kind} registered by deepkit or a Keras {kind} class name",
+            spec.path.rsplit(".", 1)[0] if spec.config else spec.path,
+        )
+    return cls
+
+
+def _signature_params(cls):
+    """(named parameters with defaults, required names, open) of cls.__init__."""
+    params, required, is_open = {}, [], True
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            sig = inspect.signature(init)
+        except (TypeError, ValueError):
+            break
+        has_var_kw = False
+        for i, (pname, p) in enumerate(sig.parameters.items()):
+            if i == 0 and pname == "self":
+                continue
+            if p.kind is p.VAR_KEYWORD:
+                has_var_kw = True
+            elif p.kind is not p.VAR_POSITIONAL and pname not in params:
+                params[pname] = p.default
+                if p.default is p.empty and klass is cls:
+                    required.append(pname)
+        if not has_var_kw:
+            is_open = False
+            break
+        if klass in (keras.layers.Layer, keras.Model):
+            for pname in _LAYER_KWARGS:
+                params.setdefault(pname, None)
+            is_open = False
+            break
+    return params, required, is_open
+
+
+def check_config(cls, spec):
+    """Check the keys and simple types of spec.config against cls.__init__."""
+    params, required, is_open = _signature_params(cls)
+    for key, value in spec.config.items():
+        path = f"{spec.path}.{key}"
+        if key not in params:
+            if is_open:
+                continue
+            raise RecipeError(
+                f"{spec.name} has no argument {key!r}{closest(key, params)} "
+                f"(arguments: {', '.join(sorted(params))})",
+                path,
+            )
+        default = params[key]
+        if type(default) in (bool, int, float, str) and value is not None:
+            expected = type(default)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                continue
+            if expected is int and isinstance(value, float) and float(value).is_integer() is False:
+                raise RecipeError(f"expected an integer, found {describe(value)}", path)
+            if expected in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                continue
+            if expected is str and isinstance(value, (dict, list)):
+                continue  # e.g. an initializer given as {Name: config}
+            check_type(value, expected, path, None)
+    for key in required:
+        if key not in spec.config:
+            raise RecipeError(f"{spec.name} needs the argument {key!r}", f"{spec.path}.{key}")
+
+
+def _nested(value, path):
+    """Replace nested {Name: config} mappings of known kinds by built objects."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            (name, config), = value.items()
+            if isinstance(name, str) and (config is None or isinstance(config, dict)):
+                for kind in _NESTED_KINDS:
+                    if lookup(kind, name) is not None:
+                        return build(kind, ObjectSpec(name, config or {}, f"{path}.{name}"))
+        return {k: _nested(v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nested(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def build(kind, spec, **extra):
+    """Check and build the object that `spec` names, as a `kind`."""
+    if kind in ("loss", "metric") and not spec.config and lookup(kind, spec.name) is None:
+        return _string_object(kind, spec)
+    cls = resolve(kind, spec)
+    check_config(cls, spec)
+    config = {k: _nested(v, f"{spec.path}.{k}") for k, v in spec.config.items()}
+    try:
+        return cls(**config, **extra)
+    except RecipeError:
+        raise
+    except Exception as e:  # the class's own argument checks
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecipeError(f"{spec.name}: {message}", spec.path) from e
+
+
+def _string_object(kind, spec):
+    name = spec.name
+    if kind == "metric" and name in _METRIC_STRINGS:
+        return name
+    getter = keras.losses.get if kind == "loss" else keras.metrics.get
+    try:
+        getter(name)
+        return name
+    except (ValueError, TypeError):
+        module = keras.losses if kind == "loss" else keras.metrics
+        known = [n for n in dir(module) if not n.startswith("_")] + list(export.registry())
+        raise RecipeError(f"unknown {kind} {name!r}{closest(name, known)}", spec.path) from None
+
+
+def build_layers(recipe):
+    """The layers of a `sequential:` model, built."""
+    return [build("layer", spec) for spec in recipe.model.sequential]
+
+
+def build_model_object(recipe):
+    """The registered model class of `model: {Name: config}`, built."""
+    spec = recipe.model.model
+    if spec.name == "Sequential":
+        raise RecipeError("use 'sequential: [layers]' for a Sequential model", spec.path)
+    return build("model", spec)
+
+
+def build_compile_args(recipe, optimizer_spec=None):
+    comp = recipe.compile
+    args = dict(comp.options)
+    args["optimizer"] = build("optimizer", optimizer_spec or comp.optimizer)
+    if isinstance(comp.loss, dict):
+        args["loss"] = {k: build("loss", v) for k, v in comp.loss.items()}
+    else:
+        args["loss"] = build("loss", comp.loss)
+    args["metrics"] = [build("metric", m) for m in comp.metrics]
+    return args
+
+
+def build_callbacks(specs):
+    return [build("callback", spec) for spec in specs]
+
+
+def validate(recipe):
+    """Check every name, configuration and data file of `recipe`."""
+    export.load_all()
+    data = recipe.data
+    try:
+        entry = datasets.get(data.dataset)
+    except datasets.DataError as e:
+        raise RecipeError(str(e), "data.dataset") from None
+    loader_options = entry.options
+    for key, value in data.options.items():
+        if key not in loader_options:
+            raise RecipeError(
+                f"data set {data.dataset!r} has no option {key!r}{closest(key, loader_options)} "
+                f"(options: {', '.join(['batch_size'] + list(loader_options))})",
+                f"data.{key}",
+            )
+        default = loader_options[key]
+        if type(default) in (bool, int, float, str) and value is not None:
+            check_type(value, type(default), f"data.{key}", None)
+    try:
+        datasets.check_files(data.dataset, **data.options)
+    except datasets.DataError as e:
+        raise RecipeError(str(e), "data.dataset") from None
+
+    if recipe.model.sequential is not None:
+        build_layers(recipe)
+    else:
+        build_model_object(recipe)
+    build_compile_args(recipe)
+    build_callbacks(recipe.fit.callbacks)
+    for stage in recipe.stages:
+        if stage.optimizer is not None:
+            build("optimizer", stage.optimizer)
+        build_callbacks(stage.callbacks)

@@ -1,0 +1,117 @@
+"""Reports: this run's numbers beside the paper's, as a rich table and Markdown."""
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+RESULTS = "results.json"
+
+
+def derived_metrics(metrics):
+    """`metrics` plus `<split>_error = 1 − <split>_…accuracy` for each accuracy."""
+    out = dict(metrics)
+    for key, value in metrics.items():
+        if key.endswith("accuracy") and "_" in key:
+            split = key.split("_", 1)[0]
+            out.setdefault(f"{split}_error", 1.0 - float(value))
+    return out
+
+
+def format_value(key, value):
+    if value is None:
+        return "—"
+    if key.endswith("_error"):
+        return f"{100 * value:.2f}%"
+    return f"{value:.4g}"
+
+
+def format_delta(key, value, paper):
+    if value is None or paper is None:
+        return "—"
+    delta = value - paper
+    if key.endswith("_error"):
+        return f"{100 * delta:+.2f} pp"
+    return f"{delta:+.4g}"
+
+
+def rows(reference, metrics):
+    """[(metric, this run, paper, delta)] with the paper's metrics first."""
+    out = []
+    ref = {k: v for k, v in (reference or {}).items() if k not in ("source", "notes")}
+    for key, paper in ref.items():
+        value = metrics.get(key)
+        out.append((key, format_value(key, value), format_value(key, paper),
+                    format_delta(key, value, paper)))
+    for key in sorted(metrics):
+        if key not in ref:
+            out.append((key, format_value(key, metrics[key]), "—", "—"))
+    return out
+
+
+def table(results):
+    """A rich Table of one run's results."""
+    title = f"{results['name']}"
+    source = (results.get("reference") or {}).get("source")
+    t = Table(title=title, caption=f"paper: {source}" if source else None)
+    for column in ("metric", "this run", "paper", "delta"):
+        t.add_column(column, justify="left" if column == "metric" else "right")
+    for row in rows(results.get("reference"), results["metrics"]):
+        t.add_row(*row)
+    return t
+
+
+def markdown(results):
+    """report.md for one run."""
+    ref = results.get("reference") or {}
+    lines = [f"# {results['name']}", ""]
+    if ref.get("source"):
+        lines += [f"Paper: {ref['source']}", ""]
+    lines += ["| metric | this run | paper | delta |", "|---|---:|---:|---:|"]
+    lines += [f"| {' | '.join(r)} |" for r in rows(ref, results["metrics"])]
+    env = results.get("env", {})
+    lines += [
+        "",
+        f"- status: {results.get('status', 'finished')}",
+        f"- epochs: {results.get('epochs')}",
+        f"- wall time: {results.get('wall_time_s', 0):.0f} s",
+        f"- backend: {env.get('backend')} (keras {env.get('keras')}, deepkit {env.get('deepkit')})",
+        f"- devices: {', '.join(env.get('devices', []))}",
+        f"- machine: {env.get('machine', '')}",
+        f"- command: {' '.join(env.get('command', []))}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def load_results(run_dir):
+    path = Path(run_dir) / RESULTS
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir}: no {RESULTS} (the run has not finished)")
+    return json.loads(path.read_text())
+
+
+def compare_table(results_list):
+    """Several runs side by side: metric | run 1 | run 2 | ... | paper."""
+    t = Table(title="runs side by side")
+    t.add_column("metric")
+    for r in results_list:
+        env = r.get("env", {})
+        t.add_column(f"{r['name']}\n{env.get('backend', '')}, {r.get('wall_time_s', 0):.0f} s",
+                     justify="right")
+    t.add_column("paper", justify="right")
+    keys, papers = [], {}
+    for r in results_list:
+        ref = {k: v for k, v in (r.get("reference") or {}).items() if k not in ("source", "notes")}
+        for k, v in ref.items():
+            papers.setdefault(k, v)
+            if k not in keys:
+                keys.append(k)
+    for r in results_list:
+        for k in sorted(r["metrics"]):
+            if k not in keys:
+                keys.append(k)
+    for k in keys:
+        t.add_row(k, *[format_value(k, r["metrics"].get(k)) for r in results_list],
+                  format_value(k, papers.get(k)))
+    return t

@@ -1,0 +1,393 @@
+"""Run a validated recipe in a run directory that can always be resumed.
+
+The run directory holds the resolved `recipe.yaml`, `env.json`, the metrics
+history (`history.csv`, one more CSV per later stage), the checkpoints
+(`checkpoints/`), the final model (`model.keras`), `results.json` and
+`report.md`. Running again in the same directory resumes where the last
+completed epoch left off and finishes with the same numbers as an
+uninterrupted run (see `ExactBackupAndRestore`).
+"""
+
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import yaml
+from rich.console import Console
+
+import deepkit
+from deepkit import datasets
+from deepkit.callbacks import ExactBackupAndRestore, RichProgressBar, StopAtTarget, StopOnNaN
+from deepkit.recipe import names, report
+from deepkit.recipe.errors import RecipeError
+from deepkit.recipe.load import dump
+
+
+class RunDiverged(Exception):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+class EpochShuffledArrays(keras.utils.PyDataset):
+    """Batches of numpy arrays in an order that depends only on (seed, epoch).
+
+    Args:
+        arrays: `(x, y)` or `(x, y, sample_weight)`, equal lengths.
+        batch_size: examples per batch (the last batch may be smaller).
+        seed: the shuffle seed.
+        shuffle: shuffle each epoch; False keeps the stored order (needed for
+            stateful RNNs trained by truncated BPTT).
+    """
+
+    def __init__(self, arrays, batch_size, seed, shuffle=True):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.arrays = tuple(arrays)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.size = len(self.arrays[0])
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch])
+            self.order = rng.permutation(self.size)
+        else:
+            self.order = None
+
+    def __len__(self):
+        return math.ceil(self.size / self.batch_size)
+
+    def __getitem__(self, index):
+        start = index * self.batch_size
+        stop = min(start + self.batch_size, self.size)
+        if self.order is None:
+            return tuple(a[start:stop] for a in self.arrays)
+        rows = self.order[start:stop]
+        return tuple(a[rows] for a in self.arrays)
+
+
+def _atomic_write(path, text):
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _framework_versions():
+    versions = {}
+    backend = keras.backend.backend()
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
+    if module:
+        versions[module] = getattr(sys.modules.get(module) or __import__(module), "__version__", "?")
+    return versions
+
+
+def environment(recipe, command):
+    try:
+        devices = list(keras.distribution.list_devices())
+    except Exception:  # some backends cannot list devices
+        devices = []
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "deepkit": deepkit.__version__,
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "frameworks": _framework_versions(),
+        "devices": [str(d) for d in devices],
+        "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()}",
+        "python": platform.python_version(),
+        "seed": recipe.seed,
+        "command": list(command or sys.argv),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def default_run_dir(recipe):
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{recipe.name}-{stamp}"
+
+
+def load_splits(recipe):
+    """{split: arrays or None} for train, valid and test."""
+    data = recipe.data
+    options = dict(data.options)
+    if "batch_size" in datasets.get(data.dataset).options:
+        options["batch_size"] = data.batch_size
+    out = {}
+    for split in datasets.SPLITS:
+        arrays = datasets.load(data.dataset, split, **options)
+        out[split] = None if arrays is None else tuple(np.asarray(a) for a in arrays)
+    if out["train"] is None:
+        raise RecipeError(f"data set {data.dataset!r} gave no training split", "data")
+    return out
+
+
+def build_model(recipe, train):
+    """The recipe's model, built on the shape of the training inputs."""
+    x = train[0]
+    if recipe.model.sequential is not None:
+        layers = names.build_layers(recipe)
+        model = keras.Sequential([keras.Input(shape=x.shape[1:], dtype=str(x.dtype))] + layers,
+                                 name=recipe.name)
+    else:
+        model = names.build_model_object(recipe)
+        model(x[: recipe.data.batch_size])
+    return model
+
+
+def _history_rows(path):
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _dedupe_history(path):
+    """Keep the last row of each epoch (a resumed epoch is logged twice)."""
+    rows = _history_rows(path)
+    if not rows:
+        return rows
+    by_epoch = {}
+    for row in rows:
+        by_epoch[int(row["epoch"])] = row
+    rows = [by_epoch[e] for e in sorted(by_epoch)]
+    fields = list(rows[0].keys())
+    tmp = Path(f"{path}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return rows
+
+
+def _best_train_loss(history, callbacks):
+    """The training loss at the best epoch by the stage's EarlyStopping monitor."""
+    if not history:
+        raise RecipeError("the previous stage has no history to take its training loss from")
+    monitor, mode = None, "min"
+    for cb in callbacks:
+        if isinstance(cb, keras.callbacks.EarlyStopping):
+            monitor = cb.monitor
+            mode = "max" if cb.monitor_op is np.greater or "acc" in cb.monitor else "min"
+    if monitor is None or monitor not in history[0]:
+        return float(history[-1]["loss"])
+    values = [float(r[monitor]) for r in history]
+    best = int(np.argmax(values) if mode == "max" else np.argmin(values))
+    return float(history[best]["loss"])
+
+
+class Runner:
+    """Runs one recipe in one run directory. See `run`."""
+
+    def __init__(self, recipe, run_dir=None, console=None, command=None):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir) if run_dir else default_run_dir(recipe)
+        self.console = console or Console(stderr=True)
+        self.command = command
+
+    # -- run directory --------------------------------------------------------
+    def prepare(self):
+        """Create or check the run directory; True when it resumes a run."""
+        resolved = dump(self.recipe)
+        path = self.run_dir / "recipe.yaml"
+        if path.exists():
+            if yaml.safe_load(path.read_text()) != yaml.safe_load(resolved):
+                raise RecipeError(
+                    f"the run directory {self.run_dir} holds a different recipe "
+                    "(its recipe.yaml); resume with the same recipe and overrides, "
+                    "or choose another --run-dir"
+                )
+            return True
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, resolved)
+        return False
+
+    def _env(self, resumed):
+        path = self.run_dir / "env.json"
+        env = environment(self.recipe, self.command)
+        if resumed and path.exists():
+            previous = json.loads(path.read_text())
+            previous.setdefault("resumed", []).append(env)
+            env = previous
+        _atomic_write(path, json.dumps(env, indent=2))
+        return env
+
+    # -- stages ---------------------------------------------------------------
+    def _stages(self):
+        recipe = self.recipe
+        yield {"name": "main", "epochs": recipe.fit.epochs, "callbacks": recipe.fit.callbacks,
+               "optimizer": None, "merge_validation": False, "until": None, "index": 0}
+        for i, stage in enumerate(recipe.stages, start=1):
+            yield {"name": stage.name, "epochs": stage.epochs, "callbacks": stage.callbacks,
+                   "optimizer": stage.optimizer, "merge_validation": stage.merge_validation,
+                   "until": stage.until, "index": i}
+
+    def _history_path(self, stage):
+        return self.run_dir / ("history.csv" if stage["index"] == 0
+                               else f"history-{stage['index']}-{stage['name']}.csv")
+
+    def _run_stage(self, stage, model, splits, previous):
+        recipe, index = self.recipe, stage["index"]
+        ckpt = self.run_dir / "checkpoints"
+        done_path = ckpt / f"stage-{index}.json"
+        final_weights = ckpt / f"stage-{index}-final.weights.h5"
+        user_callbacks = names.build_callbacks(stage["callbacks"])
+        if done_path.exists():
+            model.load_weights(str(final_weights))
+            self.console.print(f"stage {index} ({stage['name']}) already finished; weights loaded")
+            return json.loads(done_path.read_text()), user_callbacks
+
+        if index > 0:
+            if stage["optimizer"] is not None:
+                args = names.build_compile_args(recipe, stage["optimizer"])
+                model.compile(**args, jit_compile=recipe.jit_compile)
+            if stage["until"] is not None:
+                target = stage["until"]["target"]
+                if target == "previous_train_loss":
+                    target = previous["best_train_loss"]
+                user_callbacks.append(StopAtTarget(stage["until"]["monitor"], target))
+
+        train = splits["train"]
+        if stage["merge_validation"]:
+            if splits["valid"] is None:
+                raise RecipeError("merge_validation needs a validation split "
+                                  "(set data.validation)", f"stages[{index - 1}]")
+            train = tuple(np.concatenate([a, b]) for a, b in zip(train, splits["valid"]))
+        stage_seed = recipe.seed + 7919 * index
+        data = EpochShuffledArrays(train, recipe.data.batch_size, stage_seed, recipe.fit.shuffle)
+        guard = StopOnNaN()
+        backup = ExactBackupAndRestore(str(ckpt / f"stage-{index}"), seed=stage_seed, data=data)
+        history_path = self._history_path(stage)
+        clock_path = self.run_dir / "checkpoints" / f"stage-{index}-time.json"
+        spent = json.loads(clock_path.read_text())["seconds"] if clock_path.exists() else 0.0
+        start = time.perf_counter()
+
+        def save_clock(epoch, logs):
+            if (self.run_dir / "checkpoints").exists():
+                _atomic_write(clock_path, json.dumps({"seconds": spent + time.perf_counter() - start}))
+
+        callbacks = [
+            guard,
+            backup,
+            *user_callbacks,
+            keras.callbacks.CSVLogger(str(history_path), append=True),
+            keras.callbacks.LambdaCallback(on_epoch_end=save_clock),
+            RichProgressBar(batch_size=recipe.data.batch_size, console=self.console),
+        ]
+        fit_kwargs = dict(recipe.fit.options)
+        if splits["valid"] is not None:
+            fit_kwargs["validation_data"] = splits["valid"]
+            fit_kwargs["validation_batch_size"] = recipe.data.batch_size
+        model.fit(data, epochs=stage["epochs"], callbacks=callbacks, verbose=0, **fit_kwargs)
+        seconds = spent + time.perf_counter() - start
+        if guard.stopped_at is not None:
+            epoch, batch = guard.stopped_at
+            meta = backup._metadata()
+            kept = (f"the last good checkpoint (end of epoch {meta['epoch']}) is kept in "
+                    f"{backup.backup_dir}") if meta else "no epoch had finished, so there is no checkpoint"
+            raise RunDiverged(
+                f"the loss became NaN at epoch {epoch + 1}, batch {batch + 1} of stage "
+                f"{index} ({stage['name']}); the run stopped; {kept}"
+            )
+        history = _dedupe_history(history_path)
+        summary = {
+            "stage": stage["name"],
+            "epochs": len(history),
+            "seconds": seconds,
+            "best_train_loss": _best_train_loss(history, user_callbacks),
+        }
+        ckpt.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt / f"tmp-stage-{index}-final.weights.h5"
+        model.save_weights(str(tmp))
+        os.replace(tmp, final_weights)
+        _atomic_write(done_path, json.dumps(summary))
+        return summary, user_callbacks
+
+    # -- the whole run --------------------------------------------------------
+    def run(self):
+        """Train, evaluate, save and report; returns the results dict."""
+        recipe = self.recipe
+        resumed = self.prepare()
+        if (self.run_dir / report.RESULTS).exists():
+            results = report.load_results(self.run_dir)
+            if results.get("status") == "finished":
+                self.console.print(f"{self.run_dir} is already finished; its report:")
+                self.console.print(report.table(results))
+                return results
+        if resumed:
+            self.console.print(f"resuming the run in {self.run_dir}")
+        env = self._env(resumed)
+        keras.utils.set_random_seed(recipe.seed)
+        if recipe.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        splits = load_splits(recipe)
+        model = build_model(recipe, splits["train"])
+        model.compile(**names.build_compile_args(recipe), jit_compile=recipe.jit_compile)
+
+        summaries, previous = [], None
+        for stage in self._stages():
+            try:
+                previous, _ = self._run_stage(stage, model, splits, previous)
+            except RunDiverged as e:
+                results = {"name": recipe.name, "status": "diverged", "message": str(e),
+                           "metrics": {}, "reference": recipe.reference, "env": env}
+                _atomic_write(self.run_dir / report.RESULTS, json.dumps(results, indent=2))
+                raise
+            summaries.append(previous)
+
+        metrics = {}
+        for split in recipe.evaluate.splits:
+            if splits.get(split) is None:
+                continue
+            values = model.evaluate(*splits[split], batch_size=recipe.data.batch_size,
+                                    verbose=0, return_dict=True)
+            metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
+        metrics = report.derived_metrics(metrics)
+
+        tmp = self.run_dir / "model.tmp.keras"
+        model.save(str(tmp))
+        os.replace(tmp, self.run_dir / "model.keras")
+        results = {
+            "name": recipe.name,
+            "status": "finished",
+            "metrics": metrics,
+            "reference": recipe.reference,
+            "stages": summaries,
+            "epochs": sum(s["epochs"] for s in summaries),
+            "wall_time_s": sum(s["seconds"] for s in summaries),
+            "env": env,
+        }
+        _atomic_write(self.run_dir / report.RESULTS, json.dumps(results, indent=2))
+        _atomic_write(self.run_dir / "report.md", report.markdown(results))
+        self.console.print(report.table(results))
+        self.console.print(f"run directory: {self.run_dir}")
+        return results
+
+
+def run(recipe, run_dir=None, console=None, command=None):
+    """Run `recipe` (a validated `Recipe`) in `run_dir`; see `Runner`.
+
+    Returns:
+        The results dict (also in `run_dir/results.json`).
+
+    Raises:
+        RunDiverged: the loss became NaN; the last good checkpoint is kept.
+        RecipeError: the run directory holds another recipe, or data are missing.
+    """
+    return Runner(recipe, run_dir, console, command).run()

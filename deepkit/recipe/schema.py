@@ -1,0 +1,335 @@
+"""The recipe schema: frozen dataclasses and the structural checks.
+
+A recipe is plain YAML data. `parse(raw, file)` checks its structure (sections,
+keys, types) and returns a `Recipe`; names of layers, optimizers and the rest
+are checked afterwards by `deepkit.recipe.names`, which needs Keras. Every
+problem raises `RecipeError` with the file and the key path.
+"""
+
+import copy
+import dataclasses
+from typing import Any, Optional
+
+from deepkit.recipe.errors import RecipeError, closest, describe
+
+BACKENDS = ("tensorflow", "jax", "torch")
+SPLITS = ("train", "valid", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectSpec:
+    """A registered name and its configuration: ``{Name: {config}}`` or ``Name``."""
+
+    name: str
+    config: dict
+    path: str
+
+    def to_yaml(self):
+        return {self.name: copy.deepcopy(self.config)} if self.config else self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    dataset: str
+    batch_size: int
+    options: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Either a `sequential` list of layers or one registered model class."""
+
+    sequential: Optional[tuple] = None  # of ObjectSpec
+    model: Optional[ObjectSpec] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileSpec:
+    optimizer: Any  # ObjectSpec
+    loss: Any  # ObjectSpec, or a mapping output name -> ObjectSpec
+    metrics: tuple  # of ObjectSpec
+    options: dict  # other compile() arguments
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSpec:
+    epochs: int
+    callbacks: tuple  # of ObjectSpec
+    shuffle: bool
+    options: dict  # other fit() arguments
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateSpec:
+    splits: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """A later training stage continuing from the previous stage's weights."""
+
+    name: str
+    merge_validation: bool  # train on train + valid
+    optimizer: Any  # ObjectSpec or None (keep the previous optimizer)
+    epochs: int
+    callbacks: tuple
+    until: Optional[dict]  # {monitor, target}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    seed: int
+    data: DataSpec
+    model: ModelSpec
+    compile: CompileSpec
+    fit: FitSpec
+    evaluate: EvaluateSpec
+    reference: dict
+    smoke: dict
+    stages: tuple = ()
+    backend: Optional[str] = None
+    jit_compile: Any = "auto"
+    mixed_precision: bool = False
+    description: str = ""
+    file: Optional[str] = None
+    raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+
+TOP_KEYS = {
+    "name": True,
+    "seed": False,
+    "data": True,
+    "model": True,
+    "compile": True,
+    "fit": True,
+    "evaluate": False,
+    "reference": False,
+    "smoke": False,
+    "stages": False,
+    "backend": False,
+    "jit_compile": False,
+    "mixed_precision": False,
+    "description": False,
+}
+FIT_KEYS = {
+    "epochs": int,
+    "callbacks": list,
+    "shuffle": bool,
+    "validation_freq": int,
+    "steps_per_epoch": int,
+    "class_weight": dict,
+}
+COMPILE_KEYS = {
+    "optimizer": None,
+    "loss": None,
+    "metrics": list,
+    "loss_weights": None,
+    "steps_per_execution": int,
+    "weighted_metrics": list,
+}
+STAGE_KEYS = {
+    "name": str,
+    "merge_validation": bool,
+    "optimizer": None,
+    "epochs": int,
+    "callbacks": list,
+    "until": dict,
+}
+
+
+def _mapping(value, path, file, what="a mapping"):
+    if not isinstance(value, dict):
+        raise RecipeError(f"expected {what}, found {describe(value)}", path, file)
+    for key in value:
+        if not isinstance(key, str):
+            raise RecipeError(f"keys must be strings, found {describe(key)}", path, file)
+    return value
+
+
+def _check_keys(value, allowed, path, file, required=()):
+    for key in value:
+        if key not in allowed:
+            raise RecipeError(
+                f"unknown key {key!r}{closest(key, allowed)} (allowed: {', '.join(allowed)})",
+                f"{path}.{key}" if path else key,
+                file,
+            )
+    for key in required:
+        if key not in value:
+            raise RecipeError(
+                f"missing required key {key!r}", f"{path}.{key}" if path else key, file
+            )
+
+
+def check_type(value, expected, path, file):
+    """Raise unless `value` has the YAML type `expected` (int accepted for float)."""
+    if expected is None:
+        return value
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        ok = False
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        name = {int: "an integer", float: "a number", bool: "true or false",
+                str: "a string", list: "a list", dict: "a mapping"}[expected]
+        raise RecipeError(f"expected {name}, found {describe(value)}", path, file)
+    return value
+
+
+def object_spec(value, path, file, what="a name or {Name: {config}}"):
+    """Parse ``Name`` or ``{Name: {config}}`` into an ObjectSpec."""
+    if isinstance(value, str):
+        return ObjectSpec(value, {}, path)
+    if isinstance(value, dict) and len(value) == 1:
+        (name, config), = value.items()
+        if not isinstance(name, str):
+            raise RecipeError(f"expected {what}, found {describe(value)}", path, file)
+        if config is None:
+            config = {}
+        _mapping(config, f"{path}.{name}", file, what=f"the configuration of {name} as a mapping")
+        return ObjectSpec(name, copy.deepcopy(config), f"{path}.{name}")
+    raise RecipeError(f"expected {what}, found {describe(value)}", path, file)
+
+
+def _object_list(value, path, file):
+    check_type(value, list, path, file)
+    return tuple(object_spec(v, f"{path}[{i}]", file) for i, v in enumerate(value))
+
+
+def parse(raw, file=None):
+    """Check the structure of a recipe mapping and return a `Recipe`."""
+    _mapping(raw, None, file, what="a mapping of recipe sections at the top level")
+    _check_keys(raw, TOP_KEYS, "", file)
+    for key, required in TOP_KEYS.items():
+        if required and key not in raw:
+            raise RecipeError(f"missing required section {key!r}", key, file)
+
+    name = check_type(raw["name"], str, "name", file)
+    seed = check_type(raw.get("seed", 1), int, "seed", file)
+
+    data = _mapping(raw["data"], "data", file)
+    if "dataset" not in data:
+        raise RecipeError("missing required key 'dataset'", "data.dataset", file)
+    dataset = check_type(data["dataset"], str, "data.dataset", file)
+    batch_size = check_type(data.get("batch_size", 32), int, "data.batch_size", file)
+    if batch_size <= 0:
+        raise RecipeError(f"expected a positive integer, found {describe(batch_size)}",
+                          "data.batch_size", file)
+    options = {k: v for k, v in data.items() if k not in ("dataset", "batch_size")}
+
+    model = _mapping(raw["model"], "model", file)
+    if "sequential" in model:
+        _check_keys(model, ("sequential",), "model", file)
+        layers = _object_list(model["sequential"], "model.sequential", file)
+        if not layers:
+            raise RecipeError("expected at least one layer, found an empty list",
+                              "model.sequential", file)
+        model_spec = ModelSpec(sequential=layers)
+    elif len(model) == 1:
+        model_spec = ModelSpec(model=object_spec(model, "model", file))
+    else:
+        raise RecipeError(
+            "expected 'sequential: [layers]' or one registered model class "
+            f"{{Name: {{config}}}}, found keys {sorted(model)}", "model", file)
+
+    comp = _mapping(raw["compile"], "compile", file)
+    _check_keys(comp, COMPILE_KEYS, "compile", file, required=("optimizer", "loss"))
+    for key, kind in COMPILE_KEYS.items():
+        if key in comp:
+            check_type(comp[key], kind, f"compile.{key}", file)
+    optimizer = object_spec(comp["optimizer"], "compile.optimizer", file)
+    if isinstance(comp["loss"], dict) and len(comp["loss"]) > 1:
+        loss = {k: object_spec(v, f"compile.loss.{k}", file) for k, v in comp["loss"].items()}
+    else:
+        loss = object_spec(comp["loss"], "compile.loss", file)
+    metrics = _object_list(comp.get("metrics", []), "compile.metrics", file)
+    compile_options = {k: v for k, v in comp.items() if k not in ("optimizer", "loss", "metrics")}
+
+    fit = _mapping(raw["fit"], "fit", file)
+    _check_keys(fit, FIT_KEYS, "fit", file, required=("epochs",))
+    for key, kind in FIT_KEYS.items():
+        if key in fit:
+            check_type(fit[key], kind, f"fit.{key}", file)
+    if fit["epochs"] <= 0:
+        raise RecipeError(f"expected a positive integer, found {describe(fit['epochs'])}",
+                          "fit.epochs", file)
+    fit_spec = FitSpec(
+        epochs=fit["epochs"],
+        callbacks=_object_list(fit.get("callbacks", []), "fit.callbacks", file),
+        shuffle=fit.get("shuffle", True),
+        options={k: v for k, v in fit.items() if k not in ("epochs", "callbacks", "shuffle")},
+    )
+
+    evaluate = _mapping(raw.get("evaluate", {}) or {}, "evaluate", file)
+    _check_keys(evaluate, ("splits",), "evaluate", file)
+    splits = check_type(evaluate.get("splits", ["valid", "test"]), list, "evaluate.splits", file)
+    for i, split in enumerate(splits):
+        if split not in SPLITS:
+            raise RecipeError(f"expected one of {', '.join(SPLITS)}, found {describe(split)}"
+                              f"{closest(split, SPLITS)}", f"evaluate.splits[{i}]", file)
+
+    reference = _mapping(raw.get("reference", {}) or {}, "reference", file)
+    for key, value in reference.items():
+        if key in ("source", "notes"):
+            check_type(value, str, f"reference.{key}", file)
+        elif not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise RecipeError(f"expected a number (the paper's value of {key}), "
+                              f"found {describe(value)}", f"reference.{key}", file)
+
+    smoke = _mapping(raw.get("smoke", {}) or {}, "smoke", file)
+
+    stages = []
+    for i, stage in enumerate(check_type(raw.get("stages", []), list, "stages", file)):
+        path = f"stages[{i}]"
+        _mapping(stage, path, file)
+        _check_keys(stage, STAGE_KEYS, path, file, required=("name", "epochs"))
+        for key, kind in STAGE_KEYS.items():
+            if key in stage:
+                check_type(stage[key], kind, f"{path}.{key}", file)
+        until = stage.get("until")
+        if until is not None:
+            _check_keys(until, ("monitor", "target"), f"{path}.until", file,
+                        required=("monitor", "target"))
+            if until["target"] != "previous_train_loss" and not isinstance(until["target"], (int, float)):
+                raise RecipeError("expected a number or 'previous_train_loss' (the training "
+                                  "loss of the previous stage at its best epoch), found "
+                                  f"{describe(until['target'])}", f"{path}.until.target", file)
+        stages.append(StageSpec(
+            name=stage["name"],
+            merge_validation=stage.get("merge_validation", False),
+            optimizer=(object_spec(stage["optimizer"], f"{path}.optimizer", file)
+                       if "optimizer" in stage else None),
+            epochs=stage["epochs"],
+            callbacks=_object_list(stage.get("callbacks", []), f"{path}.callbacks", file),
+            until=until,
+        ))
+
+    backend = raw.get("backend")
+    if backend is not None and backend not in BACKENDS:
+        raise RecipeError(f"expected one of {', '.join(BACKENDS)}, found {describe(backend)}"
+                          f"{closest(backend, BACKENDS)}", "backend", file)
+    jit = raw.get("jit_compile", "auto")
+    if jit not in (True, False, "auto"):
+        raise RecipeError(f"expected true, false or auto, found {describe(jit)}", "jit_compile", file)
+
+    return Recipe(
+        name=name,
+        seed=seed,
+        data=DataSpec(dataset, batch_size, options),
+        model=model_spec,
+        compile=CompileSpec(optimizer, loss, metrics, compile_options),
+        fit=fit_spec,
+        evaluate=EvaluateSpec(tuple(splits)),
+        reference=dict(reference),
+        smoke=dict(smoke),
+        stages=tuple(stages),
+        backend=backend,
+        jit_compile=jit,
+        mixed_precision=check_type(raw.get("mixed_precision", False), bool, "mixed_precision", file),
+        description=check_type(raw.get("description", ""), str, "description", file),
+        file=file,
+        raw=copy.deepcopy(raw),
+    )
