@@ -1,2 +1,3 @@
 """deepkit.layers."""
 from deepkit.layers.maxout import Maxout, MaxoutConv2D
+from deepkit.layers.deep_transition import DeepTransitionCell, DeepTransitionRNN
