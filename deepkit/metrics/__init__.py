@@ -1,1 +1,2 @@
 """deepkit.metrics."""
+from deepkit.metrics.sequence import BitsPerCharacter, FrameBinaryCrossentropy, FrameNLL, Perplexity
