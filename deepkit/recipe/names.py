@@ -128,12 +128,10 @@ def check_config(cls, spec):
             expected = type(default)
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 continue
-            if expected is int and isinstance(value, float) and float(value).is_integer() is False:
-                raise RecipeError(f"expected an integer, found {describe(value)}", path)
             if expected in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
                 continue
-            if expected is str and isinstance(value, (dict, list)):
-                continue  # e.g. an initializer given as {Name: config}
+            if isinstance(value, dict) and len(value) == 1:
+                continue  # an object given as {Name: config}, checked when built
             check_type(value, expected, path, None)
     for key in required:
         if key not in spec.config:
