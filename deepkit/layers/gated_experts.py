@@ -1,0 +1,441 @@
+"""GatedExperts: a sparsely gated mixture of experts with fixed-capacity dispatch."""
+
+import copy
+
+import keras
+from keras import ops
+
+from deepkit.export import export
+from deepkit.layers import routing
+
+ROUTERS = ("top_k", "switch", "softmax", "hard")
+NOISES = (None, "gaussian", "noisy_top_k")
+BALANCE_LOSSES = (None, "switch", "shazeer")
+DROPPED_TOKENS = ("input", "zero")
+
+
+@export
+class GatedExperts(keras.layers.Layer):
+    """A mixture of experts: each token goes to a few of many expert MLPs.
+
+    A router (a linear map to one logit per expert, computed in float32)
+    chooses experts for each token; the token's output is the gate-weighted sum
+    of its experts' outputs (Shazeer et al. 2017, Eq. 1). All leading
+    dimensions of the input are flattened into tokens. Each expert takes at most
+    ``capacity = ceil(tokens · k / num_experts · capacity_factor)`` tokens per
+    call; assignments beyond it are dropped, first choices of all tokens being
+    served before second choices (Switch/GShard order). A token all of whose
+    choices are dropped passes through unchanged when the output has the
+    input's width (``dropped_tokens="input"``), else its output is zero.
+
+    Compute grows with ``k`` and the capacity factor, not with the number of
+    experts: tokens are gathered into a ``[num_experts, capacity, d]`` buffer by
+    slot indices computed with one sort (`deepkit.layers.routing`), the default
+    expert runs as one batched matmul per weight (``einsum("ecd,edh->ech")``,
+    kernels ``[num_experts, d, hidden]``), and outputs are gathered back.
+
+    During training the layer adds its balance loss and z-loss with
+    `add_loss`, and accumulates routing statistics in non-trainable variables
+    (see `routing_statistics`): the fraction of assignments each expert is
+    chosen for (before capacity), the fraction of assignments dropped, and the
+    router entropy. Variables, rather than layer-owned metrics, because on the
+    JAX backend a layer's `call` runs statelessly and only its non-trainable
+    variables are carried out of the step; `deepkit.callbacks.ExpertLoad`
+    reads them and writes per-epoch values into the logs, on TF and JAX alike.
+
+    Args:
+        num_experts: number of experts ``E``.
+        expert_units: hidden width of the default two-layer expert MLP.
+        output_units: output width; defaults to the input width.
+        router: ``"top_k"`` (Shazeer: softmax over the k kept logits),
+            ``"switch"`` (top-1, gate = router probability), ``"softmax"``
+            (every expert, dense gating; compute grows with ``E``) or
+            ``"hard"`` (Collobert et al.: argmax, gate 1, straight-through
+            router gradient).
+        top_k: experts per token for ``router="top_k"``.
+        noise: ``None``; ``"gaussian"``, logits + N(0, noise_stddev²) in
+            training; or ``"noisy_top_k"``, Shazeer's trainable noise
+            ``ε · softplus(x W_noise)`` (Eq. 4), in training only.
+        noise_stddev: the standard deviation for ``noise="gaussian"``.
+        train_capacity_factor: capacity factor in training.
+        eval_capacity_factor: capacity factor at inference.
+        balance_loss: ``"switch"`` (α · N · Σ f_i P_i), ``"shazeer"``
+            (importance CV² + load CV²; the load term needs noise, without
+            noise only the importance term is added) or ``None``.
+        balance_loss_weight: α, the weight of the balance loss (each of
+            Shazeer's two terms gets this weight).
+        z_loss_weight: weight of the router z-loss (mean logsumexp² of the
+            clean logits); 0 turns it off.
+        expert: optional serialized Keras layer (``{"class_name": "Dense",
+            "config": {...}}``) used as the expert instead of the default MLP;
+            one copy per expert, run one after another (no batched matmul).
+        activation: activation of the default expert's hidden layer.
+        dropped_tokens: ``"input"`` (pass through, when widths match) or
+            ``"zero"`` (output zero; use inside a residual block).
+        kernel_initializer: for the expert kernels; variance-scaling
+            initializers use each expert's own fans.
+        bias_initializer: for the expert biases.
+        router_initializer: for the router kernel; default zeros with
+            ``noise="noisy_top_k"`` (as Shazeer et al.), else glorot_uniform.
+        seed: seed for the router noise.
+        **kwargs: base `Layer` arguments (name, dtype, ...).
+
+    Call arguments:
+        inputs: ``[..., d]``.
+        training: whether to add noise, losses and statistics, and which
+            capacity factor to use.
+        mask: optional bool ``[...]`` (the input without its last axis);
+            masked tokens are not routed and take no capacity; their output
+            is that of a dropped token. The mask is passed on.
+
+    Returns:
+        ``[..., output_units]``.
+
+    Example:
+
+    ```python
+    layer = GatedExperts(num_experts=8, expert_units=64, top_k=2)
+    y = layer(np.random.normal(size=(4, 10, 32)).astype("float32"))  # (4, 10, 32)
+    ```
+
+    Reference:
+        Collobert, Bengio, Bengio 2002, "Scaling large learning problems with
+        hard parallel mixtures". Shazeer et al. 2017, "Outrageously Large
+        Neural Networks: The Sparsely-Gated Mixture-of-Experts Layer",
+        arXiv:1701.06538. Fedus, Zoph, Shazeer 2021, "Switch Transformers",
+        arXiv:2101.03961.
+    """
+
+    def __init__(
+        self,
+        num_experts,
+        expert_units=None,
+        output_units=None,
+        router="top_k",
+        top_k=2,
+        noise=None,
+        noise_stddev=1.0,
+        train_capacity_factor=1.25,
+        eval_capacity_factor=2.0,
+        balance_loss="switch",
+        balance_loss_weight=0.01,
+        z_loss_weight=0.0,
+        expert=None,
+        activation="relu",
+        dropped_tokens="input",
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        router_initializer=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(num_experts) < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        if router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
+        if noise not in NOISES:
+            raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+        if balance_loss not in BALANCE_LOSSES:
+            raise ValueError(
+                f"balance_loss must be one of {BALANCE_LOSSES}, got {balance_loss!r}"
+            )
+        if dropped_tokens not in DROPPED_TOKENS:
+            raise ValueError(
+                f"dropped_tokens must be one of {DROPPED_TOKENS}, got {dropped_tokens!r}"
+            )
+        if router == "top_k" and not 1 <= int(top_k) <= int(num_experts):
+            raise ValueError(f"top_k must be in [1, num_experts], got {top_k}")
+        if expert is None and expert_units is None:
+            raise ValueError("expert_units is required for the default expert MLP")
+        if min(train_capacity_factor, eval_capacity_factor) <= 0:
+            raise ValueError("capacity factors must be positive")
+        self.num_experts = int(num_experts)
+        self.expert_units = None if expert_units is None else int(expert_units)
+        self.output_units = None if output_units is None else int(output_units)
+        self.router = router
+        self.top_k = int(top_k)
+        self.noise = noise
+        self.noise_stddev = float(noise_stddev)
+        self.train_capacity_factor = float(train_capacity_factor)
+        self.eval_capacity_factor = float(eval_capacity_factor)
+        self.balance_loss = balance_loss
+        self.balance_loss_weight = float(balance_loss_weight)
+        self.z_loss_weight = float(z_loss_weight)
+        self.expert = copy.deepcopy(expert)
+        self.activation = keras.activations.get(activation)
+        self.dropped_tokens = dropped_tokens
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        if router_initializer is None:
+            self.router_initializer = None
+        else:
+            self.router_initializer = keras.initializers.get(router_initializer)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        if balance_loss == "shazeer" and noise is not None and self.k >= self.num_experts:
+            raise ValueError("Shazeer's load loss needs fewer experts per token than experts")
+        self.experts = None
+        if expert is not None:
+            self.experts = [
+                keras.saving.deserialize_keras_object(copy.deepcopy(expert))
+                for _ in range(self.num_experts)
+            ]
+        self.supports_masking = True
+
+    @property
+    def k(self):
+        """Experts per token, as the router implies."""
+        return {
+            "top_k": self.top_k,
+            "switch": 1,
+            "hard": 1,
+            "softmax": self.num_experts,
+        }[self.router]
+
+    def _expert_kernel_initializer(self):
+        # A [E, d, h] kernel has fans E·d and E·h in Keras' rule (the leading
+        # axis is counted as a receptive field); scale by E so that each
+        # expert is initialized as a [d, h] Dense kernel would be.
+        init = self.kernel_initializer
+        if isinstance(init, keras.initializers.VarianceScaling):
+            return keras.initializers.VarianceScaling(
+                scale=init.scale * self.num_experts,
+                mode=init.mode,
+                distribution=init.distribution,
+                seed=init.seed,
+            )
+        return init
+
+    def build(self, input_shape):
+        input_dim = input_shape[-1]
+        if input_dim is None:
+            raise ValueError("GatedExperts needs a known last input dimension")
+        num_experts = self.num_experts
+        if self.router_initializer is not None:
+            router_init = self.router_initializer
+        elif self.noise == "noisy_top_k":
+            router_init = "zeros"
+        else:
+            router_init = "glorot_uniform"
+        self.router_kernel = self.add_weight(
+            name="router_kernel",
+            shape=(input_dim, num_experts),
+            initializer=router_init,
+            dtype="float32",
+            autocast=False,
+        )
+        if self.noise == "noisy_top_k":
+            self.noise_kernel = self.add_weight(
+                name="noise_kernel",
+                shape=(input_dim, num_experts),
+                initializer="zeros",
+                dtype="float32",
+                autocast=False,
+            )
+        if self.experts is not None:
+            for expert in self.experts:
+                expert.build((None, input_dim))
+            units = self.experts[0].compute_output_shape((None, input_dim))[-1]
+            if self.output_units is not None and units != self.output_units:
+                raise ValueError(
+                    f"the expert's output width {units} differs from "
+                    f"output_units={self.output_units}"
+                )
+            self._output_dim = units
+        else:
+            self._output_dim = self.output_units or input_dim
+            kernel_init = self._expert_kernel_initializer()
+            self.expert_kernel_1 = self.add_weight(
+                name="expert_kernel_1",
+                shape=(num_experts, input_dim, self.expert_units),
+                initializer=kernel_init,
+            )
+            self.expert_bias_1 = self.add_weight(
+                name="expert_bias_1",
+                shape=(num_experts, self.expert_units),
+                initializer=self.bias_initializer,
+            )
+            self.expert_kernel_2 = self.add_weight(
+                name="expert_kernel_2",
+                shape=(num_experts, self.expert_units, self._output_dim),
+                initializer=kernel_init,
+            )
+            self.expert_bias_2 = self.add_weight(
+                name="expert_bias_2",
+                shape=(num_experts, self._output_dim),
+                initializer=self.bias_initializer,
+            )
+        # Routing statistics, summed over training calls (see ExpertLoad).
+        self.load_total = self._statistic("load_total", (num_experts,))
+        self.dropped_total = self._statistic("dropped_total", ())
+        self.entropy_total = self._statistic("entropy_total", ())
+        self.steps_total = self._statistic("steps_total", ())
+
+    def _statistic(self, name, shape):
+        return self.add_weight(
+            name=name,
+            shape=shape,
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+        )
+
+    def _run_experts(self, buffer):
+        """``[E, C, d] -> [E, C, output]``."""
+        if self.experts is not None:
+            return ops.stack(
+                [expert(buffer[e]) for e, expert in enumerate(self.experts)], axis=0
+            )
+        hidden = ops.einsum("ecd,edh->ech", buffer, self.expert_kernel_1)
+        hidden = self.activation(hidden + self.expert_bias_1[:, None, :])
+        outputs = ops.einsum("ech,eho->eco", hidden, self.expert_kernel_2)
+        return outputs + self.expert_bias_2[:, None, :]
+
+    def _route(self, logits):
+        if self.router == "top_k":
+            return routing.top_k_route(logits, self.top_k)
+        if self.router == "switch":
+            return routing.switch_route(logits)
+        if self.router == "hard":
+            return routing.hard_route(logits)
+        return routing.softmax_route(logits)
+
+    def call(self, inputs, training=None, mask=None):
+        training = bool(training)
+        input_shape = ops.shape(inputs)
+        input_dim = inputs.shape[-1]
+        tokens = ops.reshape(inputs, (-1, input_dim))
+        num_tokens = tokens.shape[0]
+        if num_tokens is None:  # dynamic shapes (TF without XLA)
+            num_tokens = ops.shape(tokens)[0]
+        valid = None
+        if mask is not None:
+            valid = ops.reshape(ops.cast(mask, "bool"), (-1,))
+
+        # Router, in float32 (Switch Transformers, Section 2.4).
+        tokens32 = ops.cast(tokens, "float32")
+        clean_logits = ops.matmul(tokens32, self.router_kernel)
+        logits, noise_scale = clean_logits, None
+        if training and self.noise is not None:
+            if self.noise == "noisy_top_k":
+                noise_scale = ops.softplus(ops.matmul(tokens32, self.noise_kernel))
+            else:
+                noise_scale = self.noise_stddev
+            epsilon = keras.random.normal(
+                ops.shape(clean_logits), seed=self.seed_generator
+            )
+            logits = routing.noisy_logits(clean_logits, epsilon, noise_scale)
+        expert_index, gates, probs = self._route(logits)
+
+        # Fixed-capacity dispatch.
+        factor = self.train_capacity_factor if training else self.eval_capacity_factor
+        capacity = routing.expert_capacity(num_tokens, self.num_experts, factor, self.k)
+        position = routing.positions_in_expert(expert_index, self.num_experts, valid)
+        slot, keep = routing.dispatch_slots(expert_index, position, capacity)
+        buffer = routing.dispatch(tokens, slot, keep, self.num_experts * capacity)
+        buffer = ops.reshape(buffer, (self.num_experts, capacity, input_dim))
+        expert_outputs = self._run_experts(buffer)
+        expert_outputs = ops.reshape(expert_outputs, (-1, self._output_dim))
+        outputs = routing.combine(
+            expert_outputs, slot, keep, ops.cast(gates, self.compute_dtype)
+        )
+        if self.dropped_tokens == "input" and self._output_dim == input_dim:
+            dropped = ops.logical_not(ops.any(keep, axis=1))
+            outputs = ops.where(ops.expand_dims(dropped, -1), tokens, outputs)
+
+        if training:
+            self._add_losses(clean_logits, logits, noise_scale, expert_index, gates, probs, valid)
+            self._update_statistics(expert_index, keep, probs, valid)
+        return ops.reshape(outputs, tuple(input_shape[:-1]) + (self._output_dim,))
+
+    def _add_losses(self, clean_logits, logits, noise_scale, expert_index, gates, probs, valid):
+        weight = self.balance_loss_weight
+        if self.balance_loss == "switch" and weight:
+            self.add_loss(weight * routing.switch_balance_loss(probs, expert_index, valid))
+        elif self.balance_loss == "shazeer" and weight:
+            loss = routing.importance_loss(expert_index, gates, self.num_experts, valid)
+            if noise_scale is not None:
+                loss = loss + routing.load_loss(
+                    clean_logits, logits, noise_scale, self.k, valid
+                )
+            self.add_loss(weight * loss)
+        if self.z_loss_weight:
+            self.add_loss(self.z_loss_weight * routing.router_z_loss(clean_logits, valid))
+
+    def _update_statistics(self, expert_index, keep, probs, valid):
+        expert_index = ops.stop_gradient(expert_index)
+        probs = ops.stop_gradient(probs)
+        fractions = routing.expert_fractions(expert_index, self.num_experts, valid)
+        kept = ops.sum(ops.cast(keep, "float32"))
+        if valid is None:
+            routed = ops.sum(ops.ones_like(keep, dtype="float32"))
+        else:
+            routed = ops.sum(ops.cast(valid, "float32")) * self.k
+        dropped = 1.0 - kept / ops.maximum(routed, 1.0)
+        self.load_total.assign_add(fractions)
+        self.dropped_total.assign_add(dropped)
+        self.entropy_total.assign_add(routing.router_entropy(probs, valid))
+        self.steps_total.assign_add(1.0)
+
+    def routing_statistics(self):
+        """Totals of the routing statistics over training calls so far.
+
+        Returns:
+            A dict of numpy values: ``load`` (``[E]``, sum over calls of the
+            fraction of assignments chosen for each expert), ``dropped`` (sum
+            of the fraction of assignments dropped), ``entropy`` (sum of the
+            mean router entropy, nats) and ``steps`` (number of calls). Divide
+            by ``steps``, or take differences between two reads (what
+            `ExpertLoad` does per epoch).
+        """
+        return {
+            "load": ops.convert_to_numpy(self.load_total),
+            "dropped": float(ops.convert_to_numpy(self.dropped_total)),
+            "entropy": float(ops.convert_to_numpy(self.entropy_total)),
+            "steps": float(ops.convert_to_numpy(self.steps_total)),
+        }
+
+    def compute_output_shape(self, input_shape):
+        if self.experts is not None:
+            units = self.experts[0].compute_output_shape((None, input_shape[-1]))[-1]
+        else:
+            units = self.output_units or input_shape[-1]
+        return tuple(input_shape[:-1]) + (units,)
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_experts": self.num_experts,
+                "expert_units": self.expert_units,
+                "output_units": self.output_units,
+                "router": self.router,
+                "top_k": self.top_k,
+                "noise": self.noise,
+                "noise_stddev": self.noise_stddev,
+                "train_capacity_factor": self.train_capacity_factor,
+                "eval_capacity_factor": self.eval_capacity_factor,
+                "balance_loss": self.balance_loss,
+                "balance_loss_weight": self.balance_loss_weight,
+                "z_loss_weight": self.z_loss_weight,
+                "expert": copy.deepcopy(self.expert),
+                "activation": keras.activations.serialize(self.activation),
+                "dropped_tokens": self.dropped_tokens,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "router_initializer": (
+                    None
+                    if self.router_initializer is None
+                    else keras.initializers.serialize(self.router_initializer)
+                ),
+                "seed": self.seed,
+            }
+        )
+        return config
