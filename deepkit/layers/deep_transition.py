@@ -440,6 +440,16 @@ class DeepTransitionRNN(keras.layers.RNN):
         )
         self.input_spec = keras.layers.InputSpec(ndim=3)
 
+    def _create_state_variables(self, batch_size):
+        # keras.layers.RNN keeps the carried state of a stateful layer in
+        # untracked variables. Backends that train by stateless calls (JAX)
+        # then drop the state assigned during fit/evaluate/predict, and each
+        # batch starts from zeros (Keras 3.15). Tracked as non-trainable
+        # weights, the state is returned by the stateless call and carried.
+        super()._create_state_variables(batch_size)
+        for variable in self.states:
+            self._track_variable(variable)
+
     def inner_loop(self, sequences, initial_state, mask, training=False):
         # x_t U + b_1 for every t in one product; the loop does the rest.
         projected = self.cell.project_inputs(sequences)
