@@ -67,6 +67,10 @@ def _from_tfds(part):
 
 
 def _prepare(images, labels, split, flatten, validation, limit, scale, binarize):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise datasets.DataError(
+            f"MNIST: limit must be null or a non-negative integer, found {limit!r}"
+        )
     if split in ("train", "valid"):
         if not 0 <= validation < len(images):
             raise datasets.DataError(

@@ -11,6 +11,7 @@ with the key path.
 """
 
 import inspect
+import re
 
 import keras
 
@@ -107,6 +108,12 @@ def _signature_params(cls):
                 params.setdefault(pname, None)
             is_open = False
             break
+        if klass.__name__ == "BaseOptimizer" and klass.__module__.startswith("keras."):
+            # Keras' optimizers accept only their named arguments (and the
+            # deprecated `decay`); anything else is "not recognized".
+            params.setdefault("decay", None)
+            is_open = False
+            break
     return params, required, is_open
 
 
@@ -166,7 +173,12 @@ def build(kind, spec, **extra):
         raise
     except Exception as e:  # the class's own argument checks
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecipeError(f"{spec.name}: {message}", spec.path) from e
+        if message.startswith(f"{spec.name}:"):  # "Maxout: pieces must be ..."
+            message = message[len(spec.name) + 1:].strip()
+        # The argument the message is about, when it names exactly one.
+        named = [k for k in spec.config if re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", message)]
+        path = f"{spec.path}.{named[0]}" if len(named) == 1 else spec.path
+        raise RecipeError(f"{spec.name}: {message}", path) from e
 
 
 def _string_object(kind, spec):

@@ -130,7 +130,10 @@ def load_splits(recipe):
         options["batch_size"] = data.batch_size
     out = {}
     for split in datasets.SPLITS:
-        arrays = datasets.load(data.dataset, split, **options)
+        try:
+            arrays = datasets.load(data.dataset, split, **options)
+        except datasets.DataError as e:
+            raise RecipeError(str(e), "data", recipe.file) from None
         out[split] = None if arrays is None else tuple(np.asarray(a) for a in arrays)
     if out["train"] is None:
         raise RecipeError(f"data set {data.dataset!r} gave no training split", "data")
@@ -202,20 +205,28 @@ class Runner:
         self.command = command
 
     # -- run directory --------------------------------------------------------
+    def check_run_dir(self):
+        """True when the run directory holds this recipe's run (it resumes).
+
+        Writes nothing; RecipeError when it holds a different recipe.
+        """
+        path = self.run_dir / "recipe.yaml"
+        if not path.exists():
+            return False
+        if yaml.safe_load(path.read_text()) != yaml.safe_load(dump(self.recipe)):
+            raise RecipeError(
+                f"the run directory {self.run_dir} holds a different recipe "
+                "(its recipe.yaml); resume with the same recipe and overrides, "
+                "or choose another --run-dir"
+            )
+        return True
+
     def prepare(self):
         """Create or check the run directory; True when it resumes a run."""
-        resolved = dump(self.recipe)
-        path = self.run_dir / "recipe.yaml"
-        if path.exists():
-            if yaml.safe_load(path.read_text()) != yaml.safe_load(resolved):
-                raise RecipeError(
-                    f"the run directory {self.run_dir} holds a different recipe "
-                    "(its recipe.yaml); resume with the same recipe and overrides, "
-                    "or choose another --run-dir"
-                )
+        if self.check_run_dir():
             return True
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, resolved)
+        _atomic_write(self.run_dir / "recipe.yaml", dump(self.recipe))
         return False
 
     def _env(self, resumed):
@@ -323,20 +334,22 @@ class Runner:
     def run(self):
         """Train, evaluate, save and report; returns the results dict."""
         recipe = self.recipe
-        resumed = self.prepare()
-        if (self.run_dir / report.RESULTS).exists():
+        resumed = self.check_run_dir()
+        if resumed and (self.run_dir / report.RESULTS).exists():
             results = report.load_results(self.run_dir)
             if results.get("status") == "finished":
                 self.console.print(f"{self.run_dir} is already finished; its report:")
                 self.console.print(report.table(results))
                 return results
-        if resumed:
-            self.console.print(f"resuming the run in {self.run_dir}")
-        env = self._env(resumed)
         keras.utils.set_random_seed(recipe.seed)
         if recipe.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
+        # Load the data before writing anything: a data error leaves no run directory.
         splits = load_splits(recipe)
+        resumed = self.prepare()
+        if resumed:
+            self.console.print(f"resuming the run in {self.run_dir}")
+        env = self._env(resumed)
         model = build_model(recipe, splits["train"])
         model.compile(**names.build_compile_args(recipe), jit_compile=recipe.jit_compile)
 
