@@ -3,3 +3,5 @@ from deepkit.callbacks.backup import ExactBackupAndRestore
 from deepkit.callbacks.nan_guard import StopOnNaN
 from deepkit.callbacks.rich_progress import RichProgressBar
 from deepkit.callbacks.stop_at_target import StopAtTarget
+from deepkit.callbacks.momentum import MomentumSchedule
+from deepkit.callbacks.expert_load import ExpertLoad
