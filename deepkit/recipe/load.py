@@ -17,6 +17,30 @@ from deepkit.recipe import schema
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` (no tags, plain data) that also reads ``1e-3`` as a number.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-3``), so
+    ``learning_rate: 1e-3`` would be the string "1e-3"; YAML 1.2 and JSON
+    read it as a number, and so do recipes.
+    """
+
+
+_SafeLoader.yaml_implicit_resolvers = {
+    key: list(value) for key, value in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def safe_load(text):
+    """`yaml.safe_load(text)`, reading ``1e-3`` as a number."""
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 (a SafeLoader)
+
+
 def read(path):
     """The recipe file at `path` as plain data (`yaml.safe_load`)."""
     path = str(path)
@@ -27,7 +51,7 @@ def read(path):
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"cannot read the file: {e}", file=path) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text)
     except yaml.constructor.ConstructorError as e:
         mark = e.problem_mark
         line = f"line {mark.line + 1}: " if mark else ""
@@ -97,7 +121,7 @@ def parse_override(text):
         raise RecipeError(f"--set {text!r}: expected KEY.PATH=VALUE")
     path, value = text.split("=", 1)
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
     if isinstance(parsed, (dict, list)) or (parsed is not None and not isinstance(parsed, (str, int, float, bool))):
