@@ -1,1 +1,2 @@
 """deepkit.training."""
+from deepkit.training.schedules import ExponentialDecayWithFloor
