@@ -4,7 +4,9 @@ Each metric keeps two sums, the negative log-likelihood of the counted steps
 and their number, so that its value over a whole split is the mean over all
 its steps, not a mean of batch means (batches of unequal size or with
 different numbers of masked steps would bias that). `sample_weight` is the
-mask (or the weight) of each time step: 0 on padding.
+mask (or the weight) of each time step: 0 on padding. Keras hands
+`sample_weight` only to the metrics given to `compile` as
+`weighted_metrics`; under `metrics` they would count the padding too.
 
 `FrameBinaryCrossentropy` is the matching training loss for piano rolls: the
 88 Bernoulli NLLs of a frame summed, then averaged over the real frames of
@@ -105,7 +107,9 @@ class FrameNLL(_StepMean):
     piano rolls); the result is the mean over every counted frame of all
     batches seen, in nats — the figure that Boulanger-Lewandowski et al.
     (2012) and Pascanu et al. (2014) report as "negative log-likelihood per
-    time step". Frames with `sample_weight` 0 (padding) are not counted.
+    time step". Frames with `sample_weight` 0 (padding) are not counted;
+    pass the metric to `compile` as a `weighted_metrics` entry, the only
+    place where Keras gives metrics the `sample_weight`.
 
     Args:
         from_logits: `y_pred` holds logits instead of probabilities
@@ -117,7 +121,7 @@ class FrameNLL(_StepMean):
 
     ```python
     model.compile(loss=FrameBinaryCrossentropy(from_logits=True),
-                  metrics=[FrameNLL(from_logits=True)])
+                  weighted_metrics=[FrameNLL(from_logits=True)])
     model.evaluate(x_test, y_test, sample_weight=mask_test)
     ```
 
@@ -154,7 +158,7 @@ class BitsPerCharacter(_StepMean):
 
     ```python
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[BitsPerCharacter(from_logits=True)])
+                  weighted_metrics=[BitsPerCharacter(from_logits=True)])
     ```
 
     Reference:
@@ -189,7 +193,7 @@ class Perplexity(_StepMean):
 
     ```python
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[Perplexity(from_logits=True)])
+                  weighted_metrics=[Perplexity(from_logits=True)])
     ```
 
     Reference:
