@@ -1,0 +1,170 @@
+"""Tests for deepkit.datasets.polyphonic: split sizes of the real files, piano
+rolls against the raw notes, masks, subsequences, and the restricted
+unpickler refusing code."""
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+from deepkit import datasets
+from deepkit.datasets import polyphonic
+from deepkit.testing import TestCase
+
+SHARED_DATA = "/work/shared/data"
+
+# Pieces per split, as published (Boulanger-Lewandowski et al. 2012).
+SPLIT_SIZES = {
+    "jsb_chorales": (229, 76, 77),
+    "nottingham": (694, 173, 170),
+    "musedata": (524, 135, 124),
+    "piano_midi": (87, 12, 25),
+}
+
+
+class _DataTestCase(TestCase):
+    def setUp(self):
+        super().setUp()
+        if not os.environ.get(datasets.DATA_ENV):
+            patcher = mock.patch.dict(os.environ, {datasets.DATA_ENV: SHARED_DATA})
+            patcher.start()
+            self.addCleanup(patcher.stop)
+
+
+class PolyphonicFilesTest(_DataTestCase):
+    def test_registered_with_options(self):
+        for name in SPLIT_SIZES:
+            self.assertIn(name, datasets.names())
+            self.assertEqual(
+                datasets.get(name).options,
+                {"max_length": None, "first_frame": False, "limit": None},
+            )
+
+    def test_split_sizes_of_all_four_sets(self):
+        for name, sizes in SPLIT_SIZES.items():
+            for split, size in zip(("train", "valid", "test"), sizes):
+                self.assertLen(polyphonic.load_pieces(name, split), size, f"{name} {split}")
+
+    def test_jsb_arrays(self):
+        for split, size in zip(("train", "valid", "test"), SPLIT_SIZES["jsb_chorales"]):
+            pieces = polyphonic.load_pieces("jsb_chorales", split)
+            x, y, weights = datasets.load("jsb_chorales", split)
+            steps = max(len(p) for p in pieces) - 1
+            self.assertEqual(x.shape, (size, steps, 88))
+            self.assertEqual(y.shape, (size, steps, 88))
+            self.assertEqual(weights.shape, (size, steps))
+            self.assertEqual(x.dtype, np.float32)
+            # One predicted frame per frame but the first of each piece.
+            self.assertEqual(weights.sum(), sum(len(p) - 1 for p in pieces))
+            self.assertAllEqual(weights.sum(1), [len(p) - 1 for p in pieces])
+            # Padding is zero.
+            self.assertEqual(np.abs(x[weights == 0]).sum(), 0.0)
+            self.assertEqual(np.abs(y[weights == 0]).sum(), 0.0)
+
+    def test_piano_roll_matches_the_notes(self):
+        pieces = polyphonic.load_pieces("jsb_chorales", "test")
+        x, y, weights = datasets.load("jsb_chorales", "test")
+        for i in (0, 40, 76):
+            piece = pieces[i]
+            for t in range(len(piece) - 1):
+                self.assertEqual(set(np.flatnonzero(x[i, t]) + 21), set(piece[t]))
+                self.assertEqual(set(np.flatnonzero(y[i, t]) + 21), set(piece[t + 1]))
+        # y is x shifted by one step on real frames.
+        real = weights[:, 1:] > 0
+        self.assertAllEqual(x[:, 1:][real], y[:, :-1][real])
+
+    def test_max_length_cuts_pieces_into_subsequences(self):
+        pieces = polyphonic.load_pieces("jsb_chorales", "valid")[:5]
+        x, y, weights = datasets.load("jsb_chorales", "valid", max_length=20, limit=5)
+        expected_rows = sum(-(-(len(p) - 1) // 20) for p in pieces)
+        self.assertEqual(x.shape, (expected_rows, 20, 88))
+        self.assertEqual(weights.sum(), sum(len(p) - 1 for p in pieces))
+        # The subsequences of the first piece, put back together, are the piece.
+        rows = -(-(len(pieces[0]) - 1) // 20)
+        joined = x[:rows].reshape(-1, 88)[: len(pieces[0]) - 1]
+        self.assertAllEqual(joined, polyphonic.piano_roll(pieces[0])[:-1])
+
+    def test_first_frame_predicts_every_frame(self):
+        pieces = polyphonic.load_pieces("jsb_chorales", "test")[:3]
+        x, y, weights = datasets.load("jsb_chorales", "test", first_frame=True, limit=3)
+        self.assertEqual(weights.sum(), sum(len(p) for p in pieces))
+        self.assertEqual(np.abs(x[:, 0]).sum(), 0.0)
+        self.assertAllEqual(y[0, : len(pieces[0])], polyphonic.piano_roll(pieces[0]))
+
+    def test_limit(self):
+        x, y, weights = datasets.load("jsb_chorales", "train", limit=8)
+        self.assertEqual(len(x), 8)
+        self.assertEqual(len(weights), 8)
+
+    def test_bad_options(self):
+        with self.assertRaises(datasets.DataError):
+            datasets.load("jsb_chorales", "train", max_length=0)
+        with self.assertRaises(datasets.DataError):
+            datasets.load("jsb_chorales", "train", limit=-1)
+        with self.assertRaises(datasets.DataError):
+            datasets.load("jsb_chorales", "train", max_lenght=10)
+
+
+class _Boom:
+    """Unpickling this would call os.system (if the unpickler allowed it)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+class RestrictedUnpicklerTest(TestCase):
+    def _write(self, obj, protocol=2):
+        folder = self.get_temp_dir()
+        path = Path(folder) / "data.pickle"
+        path.write_bytes(pickle.dumps(obj, protocol=protocol))
+        return path
+
+    def test_refuses_code(self):
+        marker = Path(self.get_temp_dir()) / "pwned"
+        for protocol in (0, 2, 4, 5):
+            path = self._write({"train": [_Boom(marker)], "valid": [], "test": []}, protocol)
+            with self.assertRaisesRegex(datasets.DataError, "refusing to load global"):
+                polyphonic.read_pickle(path)
+            self.assertFalse(marker.exists(), "the pickle ran code")
+        # The same bytes do run code under plain pickle.loads: the test is real.
+        pickle.loads(pickle.dumps(_Boom(marker)))
+        self.assertTrue(marker.exists())
+
+    def test_refuses_other_classes_and_wrong_layouts(self):
+        cases = [
+            {"train": [[[60]]], "valid": [[[60]]], "test": [[[np.int64(60)]]]},  # numpy
+            {"train": [[[60]]], "valid": [[[60]]], "test": [[{60}]]},  # a set
+            {"train": [[[60]]], "valid": [[[60]]], "test": [[(60,)]]},  # a tuple
+            {"train": [[[60]]], "valid": [[[60]]]},  # no test split
+            {"train": [[[60]]], "valid": [[[60]]], "test": [[[120]]]},  # not a piano key
+            {"train": [[[60]]], "valid": [[[60]]], "test": [[[True]]]},  # a bool
+            [[[60]]],
+        ]
+        for obj in cases:
+            with self.assertRaises(datasets.DataError, msg=repr(obj)):
+                polyphonic.read_pickle(self._write(obj))
+
+    def test_reads_plain_data(self):
+        obj = {"train": [[[60, 64], [], [21, 108]]], "valid": [[[60]]], "test": [[[60]]]}
+        self.assertEqual(polyphonic.read_pickle(self._write(obj)), obj)
+
+    def test_truncated_file(self):
+        path = self._write({"train": [[[60]]], "valid": [[[60]]], "test": [[[60]]]})
+        path.write_bytes(path.read_bytes()[:10])
+        with self.assertRaises(datasets.DataError):
+            polyphonic.read_pickle(path)
+
+    def test_missing_data_dir(self):
+        with mock.patch.dict(os.environ, {datasets.DATA_ENV: tempfile.gettempdir()}):
+            with self.assertRaisesRegex(datasets.DataError, "lacks"):
+                datasets.load("nottingham", "train")
+        environ = {k: v for k, v in os.environ.items() if k != datasets.DATA_ENV}
+        with mock.patch.dict(os.environ, environ, clear=True):
+            with self.assertRaisesRegex(datasets.DataError, datasets.DATA_ENV):
+                datasets.load("jsb_chorales", "train")

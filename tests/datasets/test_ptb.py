@@ -1,0 +1,122 @@
+"""Tests for deepkit.datasets.ptb: token counts and vocabularies of the real
+files, the truncated-BPTT layout, limits and errors."""
+
+import os
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+from deepkit import datasets
+from deepkit.datasets import ptb
+from deepkit.testing import TestCase
+
+SHARED_DATA = "/work/shared/data"
+
+
+class PTBFilesTest(TestCase):
+    def setUp(self):
+        super().setUp()
+        if not os.environ.get(datasets.DATA_ENV):
+            patcher = mock.patch.dict(os.environ, {datasets.DATA_ENV: SHARED_DATA})
+            patcher.start()
+            self.addCleanup(patcher.stop)
+
+    def test_word_token_counts_and_vocabulary(self):
+        # Mikolov's counts, with one <eos> per line.
+        for split, count in (("train", 929_589), ("valid", 73_760), ("test", 82_430)):
+            self.assertLen(ptb.token_ids("word", split), count)
+        vocabulary = ptb.vocabulary("word")
+        self.assertLen(vocabulary, 10_000)
+        self.assertEqual(vocabulary[0], "<eos>")
+        self.assertIn("<unk>", vocabulary)
+        self.assertLen(set(vocabulary), 10_000)
+
+    def test_char_vocabulary_and_counts(self):
+        vocabulary = ptb.vocabulary("char")
+        self.assertLen(vocabulary, 50)  # 49 symbols, '_' among them, + <eos>
+        self.assertIn("_", vocabulary)
+        self.assertLen(ptb.vocabulary("char", end_of_line=False), 49)
+        ids = ptb.token_ids("char", "valid")
+        lines = Path(SHARED_DATA, "ptb", "ptb.char.valid.txt").read_text().split("\n")
+        symbols = sum(len(line.split()) for line in lines)
+        real_lines = sum(1 for line in lines if line.split())
+        self.assertLen(ids, symbols + real_lines)
+
+    def test_word_stream_decodes_to_the_text(self):
+        vocabulary = ptb.vocabulary("word")
+        ids = ptb.token_ids("word", "test")
+        first_line = Path(SHARED_DATA, "ptb", "ptb.test.txt").read_text().split("\n")[0].split()
+        decoded = [vocabulary[i] for i in ids[: len(first_line) + 1]]
+        self.assertEqual(decoded, first_line + ["<eos>"])
+
+    def test_loaded_windows_count_every_prediction_once(self):
+        for level, split in (("word", "valid"), ("char", "test")):
+            x, y, weights = datasets.load(f"ptb_{level}", split, batch_size=16, sequence_length=30)
+            ids = ptb.token_ids(level, split)
+            self.assertEqual(x.shape[1], 30)
+            self.assertEqual(len(x) % 16, 0)
+            self.assertEqual(x.dtype, np.int32)
+            self.assertEqual(weights.sum(), len(ids) - 1)
+            self.assertAllEqual(np.sort(y[weights > 0]), np.sort(ids[1:]))
+
+    def test_options_and_registry(self):
+        self.assertEqual(
+            datasets.get("ptb_word").options,
+            {"batch_size": 32, "sequence_length": 35, "limit": None},
+        )
+        self.assertIn("end_of_line", datasets.get("ptb_char").options)
+        x, _, _ = datasets.load("ptb_char", "train", batch_size=4, sequence_length=10, limit=9)
+        self.assertEqual(x.shape, (12, 10))  # 9 windows rounded up to 3 batches of 4
+
+
+class StreamLayoutTest(TestCase):
+    def test_rows_continue_the_streams_of_the_previous_batch(self):
+        ids = np.arange(1, 44, dtype="int32")  # 43 tokens, 42 predictions
+        batch, steps = 4, 3
+        x, y, weights = ptb.stream_windows(ids, batch, steps)
+        # 42 predictions → streams of 11 → 4 windows of 3 (one padded step).
+        self.assertEqual(x.shape, (16, 3))
+        for b in range(batch):
+            stream_x = np.concatenate([x[w * batch + b] for w in range(4)])
+            stream_y = np.concatenate([y[w * batch + b] for w in range(4)])
+            stream_w = np.concatenate([weights[w * batch + b] for w in range(4)])
+            real = stream_w > 0
+            start = b * 11
+            count = min(11, 42 - start)
+            self.assertAllEqual(stream_x[real], ids[start : start + count])
+            self.assertAllEqual(stream_y[real], ids[start + 1 : start + 1 + count])
+            # Real steps first, padding only at the end of the stream.
+            self.assertAllEqual(real, np.arange(12) < count)
+        # Batch w+1 starts where batch w ended, stream by stream.
+        for w in range(3):
+            for b in range(batch):
+                if weights[(w + 1) * batch + b, 0] > 0:
+                    self.assertEqual(x[(w + 1) * batch + b, 0], y[w * batch + b, -1])
+        self.assertEqual(weights.sum(), 42)
+
+    def test_bad_arguments(self):
+        with self.assertRaises(datasets.DataError):
+            ptb.stream_windows(np.arange(10), 0, 5)
+        with self.assertRaises(datasets.DataError):
+            ptb.stream_windows(np.arange(10), 2, 0)
+        with self.assertRaises(datasets.DataError):
+            ptb.stream_windows(np.arange(1), 2, 5)
+
+    def test_small_files_and_unknown_tokens(self):
+        root = Path(self.get_temp_dir())
+        (root / "ptb").mkdir()
+        (root / "ptb" / "ptb.train.txt").write_text(" a b c \n b a \n")
+        (root / "ptb" / "ptb.valid.txt").write_text(" a c \n")
+        (root / "ptb" / "ptb.test.txt").write_text(" a d \n")
+        with mock.patch.dict(os.environ, {datasets.DATA_ENV: str(root)}):
+            self.assertEqual(ptb.vocabulary("word"), ["<eos>", "a", "b", "c"])
+            x, y, weights = datasets.load("ptb_word", "train", batch_size=1, sequence_length=4)
+            # a b c <eos> b a <eos>: 6 predictions in 2 windows of 4.
+            self.assertAllEqual(x, [[1, 2, 3, 0], [2, 1, 0, 0]])
+            self.assertAllEqual(y, [[2, 3, 0, 2], [1, 0, 0, 0]])
+            self.assertAllEqual(weights, [[1, 1, 1, 1], [1, 1, 0, 0]])
+            with self.assertRaisesRegex(datasets.DataError, "'d'"):
+                datasets.load("ptb_word", "test")
+            with self.assertRaisesRegex(datasets.DataError, "lacks"):
+                datasets.load("ptb_char", "train")
