@@ -5,3 +5,4 @@ from deepkit.callbacks.rich_progress import RichProgressBar
 from deepkit.callbacks.stop_at_target import StopAtTarget
 from deepkit.callbacks.momentum import MomentumSchedule
 from deepkit.callbacks.expert_load import ExpertLoad
+from deepkit.callbacks.time_limit import TimeLimit

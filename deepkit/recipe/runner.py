@@ -187,7 +187,7 @@ def _best_train_loss(history, callbacks):
     for cb in callbacks:
         if isinstance(cb, keras.callbacks.EarlyStopping):
             monitor = cb.monitor
-            mode = "max" if cb.monitor_op is np.greater or "acc" in cb.monitor else "min"
+            mode = cb.mode if cb.mode in ("min", "max") else ("max" if "acc" in monitor else "min")
     if monitor is None or monitor not in history[0]:
         return float(history[-1]["loss"])
     values = [float(r[monitor]) for r in history]
