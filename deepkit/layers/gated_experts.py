@@ -14,6 +14,38 @@ BALANCE_LOSSES = (None, "switch", "shazeer")
 DROPPED_TOKENS = ("input", "zero")
 
 
+def _plain(value):
+    """Plain dicts and lists (Keras wraps dict attributes in tracked types)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _expert_layer(config):
+    """A fresh layer from ``{"class_name": ..., "config": ...}`` or ``{Name: config}``."""
+    from deepkit.export import registry
+
+    config = _plain(config)
+    if not isinstance(config, dict):
+        raise ValueError(f"expert must be a dict describing a layer, got {config!r}")
+    if "class_name" not in config and len(config) == 1:
+        ((name, inner),) = config.items()
+        config = {"class_name": name, "config": inner or {}}
+    if "module" in config or "registered_name" in config:
+        layer = keras.saving.deserialize_keras_object(config)
+    else:
+        name = config["class_name"]
+        cls = registry().get(name.split(">")[-1]) or getattr(keras.layers, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
+            raise ValueError(f"expert: unknown layer class {name!r}")
+        layer = cls.from_config(config.get("config") or {})
+    if not isinstance(layer, keras.layers.Layer):
+        raise ValueError(f"expert must describe a Keras layer, got {config!r}")
+    return layer
+
+
 @export
 class GatedExperts(keras.layers.Layer):
     """A mixture of experts: each token goes to a few of many expert MLPs.
@@ -66,9 +98,10 @@ class GatedExperts(keras.layers.Layer):
             Shazeer's two terms gets this weight).
         z_loss_weight: weight of the router z-loss (mean logsumexp² of the
             clean logits); 0 turns it off.
-        expert: optional serialized Keras layer (``{"class_name": "Dense",
-            "config": {...}}``) used as the expert instead of the default MLP;
-            one copy per expert, run one after another (no batched matmul).
+        expert: optional serialized Keras or deepkit layer (``{"class_name":
+            "Dense", "config": {...}}``, or the recipe form ``{"Dense":
+            {...}}``) used as the expert instead of the default MLP; one copy
+            per expert, run one after another (no batched matmul).
         activation: activation of the default expert's hidden layer.
         dropped_tokens: ``"input"`` (pass through, when widths match) or
             ``"zero"`` (output zero; use inside a residual block).
@@ -162,7 +195,7 @@ class GatedExperts(keras.layers.Layer):
         self.balance_loss = balance_loss
         self.balance_loss_weight = float(balance_loss_weight)
         self.z_loss_weight = float(z_loss_weight)
-        self.expert = copy.deepcopy(expert)
+        self.expert = _plain(expert)
         self.activation = keras.activations.get(activation)
         self.dropped_tokens = dropped_tokens
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -177,10 +210,7 @@ class GatedExperts(keras.layers.Layer):
             raise ValueError("Shazeer's load loss needs fewer experts per token than experts")
         self.experts = None
         if expert is not None:
-            self.experts = [
-                keras.saving.deserialize_keras_object(copy.deepcopy(expert))
-                for _ in range(self.num_experts)
-            ]
+            self.experts = [_expert_layer(expert) for _ in range(self.num_experts)]
         self.supports_masking = True
 
     @property
@@ -423,7 +453,7 @@ class GatedExperts(keras.layers.Layer):
                 "balance_loss": self.balance_loss,
                 "balance_loss_weight": self.balance_loss_weight,
                 "z_loss_weight": self.z_loss_weight,
-                "expert": copy.deepcopy(self.expert),
+                "expert": _plain(self.expert),
                 "activation": keras.activations.serialize(self.activation),
                 "dropped_tokens": self.dropped_tokens,
                 "kernel_initializer": keras.initializers.serialize(

@@ -113,7 +113,7 @@ def hard_route(logits):
         ``(expert_index, gates, probs)`` with ``k = 1``.
     """
     expert_index, chosen, probs = top_k_route(logits, 1, normalize=False)
-    gates = 1.0 + chosen - ops.stop_gradient(chosen)
+    gates = 1.0 + (chosen - ops.stop_gradient(chosen))  # exactly 1 in value
     return expert_index, gates, probs
 
 
