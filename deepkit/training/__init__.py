@@ -1,2 +1,3 @@
 """deepkit.training."""
 from deepkit.training.schedules import ExponentialDecayWithFloor
+from deepkit.training.schedules import VariableMomentumSGD

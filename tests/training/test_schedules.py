@@ -7,8 +7,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from deepkit.callbacks import MomentumSchedule
 from deepkit.testing import TestCase
-from deepkit.training import ExponentialDecayWithFloor
+from deepkit.training import ExponentialDecayWithFloor, VariableMomentumSGD
 
 
 def _reference(step, initial, factor, minimum):
@@ -97,3 +98,80 @@ class ExponentialDecayWithFloorTest(TestCase):
                 with self.assertRaises(ValueError) as caught:
                     ExponentialDecayWithFloor(**kwargs)
                 self.assertIn("ExponentialDecayWithFloor: " + message, str(caught.exception))
+
+
+def _two_layer_model(optimizer, seed=3):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, activation="tanh")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    model.compile(optimizer=optimizer, loss="mse")
+    return model
+
+
+class VariableMomentumSGDTest(TestCase):
+    def _data(self):
+        rng = np.random.default_rng(0)
+        return rng.normal(size=(12, 3)).astype("float32"), rng.normal(size=(12, 2)).astype("float32")
+
+    def test_same_updates_as_keras_sgd(self):
+        x, y = self._data()
+        for nesterov in (False, True):
+            with self.subTest(nesterov=nesterov):
+                ours = _two_layer_model(
+                    VariableMomentumSGD(0.05, momentum=0.7, nesterov=nesterov)
+                )
+                theirs = _two_layer_model(
+                    keras.optimizers.SGD(0.05, momentum=0.7, nesterov=nesterov)
+                )
+                for model in (ours, theirs):
+                    model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+                for a, b in zip(ours.get_weights(), theirs.get_weights()):
+                    self.assertAllClose(a, b, atol=1e-6, rtol=1e-5)
+
+    def test_assigned_momentum_takes_effect_without_retracing(self):
+        model = _constant_gradient_model(VariableMomentumSGD(0.1, momentum=0.0))
+        forced = []
+        original = model.make_train_function
+
+        def counting(force=False):
+            forced.append(force)
+            return original(force=force)
+
+        model.make_train_function = counting
+        x = np.ones((2, 1), "float32")
+        model.fit(x, x, batch_size=1, epochs=3, verbose=0, shuffle=False,
+                  callbacks=[MomentumSchedule(0.0, 0.8, epochs=2)])  # 0, .4, .8
+        weight, velocity = 0.0, 0.0
+        for mu in (0.0, 0.0, 0.4, 0.4, 0.8, 0.8):
+            velocity = mu * velocity - 0.1
+            weight += velocity
+        got = float(ops.convert_to_numpy(model.trainable_weights[0])[0, 0])
+        self.assertAlmostEqual(got, weight, places=5)
+        self.assertEqual(sum(forced), 0)
+
+    def test_config_and_saving(self):
+        optimizer = VariableMomentumSGD(0.1, momentum=0.5, nesterov=True)
+        serialized = keras.saving.serialize_keras_object(optimizer)
+        self.assertEqual(serialized["registered_name"], "deepkit>VariableMomentumSGD")
+        revived = keras.saving.deserialize_keras_object(json.loads(json.dumps(serialized)))
+        self.assertIsInstance(revived, VariableMomentumSGD)
+        self.assertEqual(revived.get_config(), optimizer.get_config())
+
+        x, y = self._data()
+        model = _two_layer_model(optimizer)
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        optimizer.momentum.assign(0.625)
+        path = os.path.join(self.get_temp_dir(), "model.keras")
+        model.save(path)
+        loaded = keras.saving.load_model(path, safe_mode=True)
+        self.assertIsInstance(loaded.optimizer, VariableMomentumSGD)
+        self.assertAlmostEqual(float(ops.convert_to_numpy(loaded.optimizer.momentum)), 0.625)
+        for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
+            self.assertAllClose(a, b)
+
+    def test_bad_arguments(self):
+        with self.assertRaisesRegex(ValueError, r"momentum must be a number in \[0, 1\], got 1.5"):
+            VariableMomentumSGD(0.1, momentum=1.5)
+        with self.assertRaisesRegex(ValueError, "nesterov must be True or False, got 'yes'"):
+            VariableMomentumSGD(0.1, momentum=0.5, nesterov="yes")
