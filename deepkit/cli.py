@@ -88,7 +88,7 @@ def cmd_run(args):
     recipe = load(find_recipe(args.recipe), overrides=args.set, smoke=args.smoke)
     from deepkit.recipe.runner import run
 
-    command = ["deepkit"] + sys.argv[1:]
+    command = ["deepkit"] + list(getattr(args, "argv", sys.argv[1:]))
     run(recipe, run_dir=args.run_dir, console=console, command=command)
     return 0
 
@@ -189,6 +189,7 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for env.json
     if args.version:
         import deepkit
 

@@ -305,7 +305,12 @@ class Runner:
         if splits["valid"] is not None:
             fit_kwargs["validation_data"] = splits["valid"]
             fit_kwargs["validation_batch_size"] = recipe.data.batch_size
-        model.fit(data, epochs=stage["epochs"], callbacks=callbacks, verbose=0, **fit_kwargs)
+        # shuffle=False: `data` shuffles itself from (seed, epoch); Keras would
+        # also shuffle the batch order, from Python's global random state,
+        # which a resumed run does not share (and fit.shuffle: false means
+        # the stored order).
+        model.fit(data, epochs=stage["epochs"], callbacks=callbacks, verbose=0,
+                  shuffle=False, **fit_kwargs)
         seconds = spent + time.perf_counter() - start
         if guard.stopped_at is not None:
             epoch, batch = guard.stopped_at

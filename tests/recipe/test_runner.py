@@ -1,0 +1,366 @@
+"""Running recipes: the run directory, exact resume after SIGKILL, NaN,
+finished and foreign run directories, two-stage recipes."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import yaml
+from keras import ops
+
+import deepkit
+from deepkit import cli, datasets, export
+from deepkit.recipe import dump, load, report
+
+HERE = Path(__file__).resolve().parent
+
+TINY = """\
+name: runtest
+description: a tiny maxout network for the runner's tests
+seed: 2
+data: {dataset: mnist_sample, flatten: true, limit: 300, validation: 500, batch_size: 50}
+model:
+  sequential:
+    - Dropout: {rate: 0.2}
+    - Maxout: {units: 16, pieces: 2, max_norm: 1.9365}
+    - Dense: {units: 10, activation: softmax}
+compile:
+  optimizer: {SGD: {learning_rate: 0.1, momentum: 0.5}}
+  loss: sparse_categorical_crossentropy
+  metrics: [accuracy]
+fit: {epochs: 2}
+evaluate: {splits: [valid, test]}
+reference: {source: "Goodfellow et al. 2013, Table 1", test_error: 0.0094}
+"""
+
+
+def _write(folder, name, text):
+    path = Path(folder) / name
+    path.write_text(text)
+    return path
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _numbers(rows):
+    """CSV rows as floats; Keras' CSVLogger writes NA for absent val_ columns."""
+    return [{k: float("nan") if v == "NA" else float(v) for k, v in row.items()} for row in rows]
+
+
+def _test_split(limit):
+    return datasets.load("mnist_sample", "test", flatten=True, limit=limit)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One finished run of TINY: (recipe path, run dir, exit status, argv)."""
+    folder = tmp_path_factory.mktemp("finished")
+    path = _write(folder, "runtest.yaml", TINY)
+    run_dir = folder / "run"
+    argv = ["run", str(path), "--run-dir", str(run_dir)]
+    status = cli.main(argv)
+    return path, run_dir, status, argv
+
+
+@pytest.fixture
+def no_fit(monkeypatch):
+    calls = []
+
+    def forbidden(self, *args, **kwargs):
+        calls.append(self)
+        raise AssertionError("fit was called")
+
+    monkeypatch.setattr(keras.Model, "fit", forbidden)
+    return calls
+
+
+# -- (a) the run directory ---------------------------------------------------
+
+
+def test_run_directory_holds_everything(finished_run):
+    path, run_dir, status, argv = finished_run
+    assert status == 0
+    assert (run_dir / "recipe.yaml").read_text() == dump(load(path))
+
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["deepkit"] == deepkit.__version__
+    assert env["keras"] == keras.__version__
+    assert env["backend"] == keras.backend.backend()
+    framework = {"tensorflow": "tensorflow", "jax": "jax"}[keras.backend.backend()]
+    assert env["frameworks"] == {framework: __import__(framework).__version__}
+    assert env["devices"] and all(isinstance(d, str) for d in env["devices"])
+    assert env["seed"] == 2
+    assert env["command"] == ["deepkit", *argv]
+    assert "resumed" not in env
+
+    history = _rows(run_dir / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [0, 1]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history[0])
+    assert all(np.isfinite(v) for r in _numbers(history) for v in r.values())
+
+    meta = json.loads((run_dir / "checkpoints/stage-0/training_metadata.json").read_text())
+    assert meta["epoch"] == 2
+    assert sorted(p.name for p in (run_dir / "checkpoints/stage-0").iterdir()) == [
+        meta["weights"], "training_metadata.json"]
+    assert (run_dir / "checkpoints/stage-0-final.weights.h5").exists()
+    assert json.loads((run_dir / "checkpoints/stage-0.json").read_text())["epochs"] == 2
+
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "finished"
+    assert results["name"] == "runtest" and results["epochs"] == 2
+    metrics = results["metrics"]
+    assert set(metrics) == {"valid_loss", "valid_accuracy", "valid_error",
+                            "test_loss", "test_accuracy", "test_error"}
+    assert metrics["test_error"] == pytest.approx(1 - metrics["test_accuracy"])
+    assert results["reference"] == {"source": "Goodfellow et al. 2013, Table 1", "test_error": 0.0094}
+
+    # the saved model loads in safe mode and scores what results.json says
+    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+    assert [type(layer).__name__ for layer in model.layers] == ["Dropout", "Maxout", "Dense"]
+    x, y = _test_split(300)
+    scores = model.evaluate(x, y, batch_size=50, verbose=0, return_dict=True)
+    assert scores["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert scores["loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
+
+    md = (run_dir / "report.md").read_text()
+    assert "| metric | this run | paper | delta |" in md
+    error = metrics["test_error"]
+    assert (f"| test_error | {100 * error:.2f}% | 0.94% | {100 * (error - 0.0094):+.2f} pp |"
+            in md)
+    assert f"| test_accuracy | {metrics['test_accuracy']:.4g} | — | — |" in md
+    assert f"- backend: {keras.backend.backend()}" in md
+
+
+# -- (d) finished and foreign run directories ---------------------------------
+
+
+def test_finished_run_directory_prints_the_report_without_training(finished_run, capsys, no_fit):
+    path, run_dir, status, argv = finished_run
+    assert status == 0
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "is already finished; its report:" in err
+    assert "test_error" in err and "0.94%" in err
+    assert not no_fit
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_run_directory_of_another_recipe_is_refused(finished_run, capsys, no_fit):
+    path, run_dir, status, argv = finished_run
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert cli.main(argv + ["--set", "fit.epochs=3"]) == cli.EXIT_BAD_RECIPE
+    err = " ".join(capsys.readouterr().err.split())
+    assert "holds a different recipe" in err and "Traceback" not in err
+    assert not no_fit
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+# -- (b) kill with SIGKILL, resume, compare with an uninterrupted run ---------
+
+KILL = """\
+name: killtest
+seed: 3
+data: {dataset: mnist_sample, flatten: true, limit: 600, batch_size: 50}
+model:
+  sequential:
+    - Dense: {units: 32, activation: relu}
+    - Dropout: {rate: 0.3}
+    - Dense: {units: 10, activation: softmax}
+compile:
+  optimizer: {SGD: {learning_rate: 0.05, momentum: 0.9}}
+  loss: sparse_categorical_crossentropy
+  metrics: [accuracy]
+fit:
+  epochs: 4
+  shuffle: true
+  callbacks:
+    - KillAt: {epoch: 2, batch: 3}
+evaluate: {splits: [test]}
+"""
+
+_KILLER = ("import sys; sys.path.insert(0, {here!r}); import killer; "
+           "sys.exit(killer.main(sys.argv[1:]))")
+
+
+def _start(recipe, run_dir, kill):
+    backend = keras.backend.backend()
+    env = {k: v for k, v in os.environ.items() if k != "DEEPKIT_TEST_KILL"}
+    env["KERAS_BACKEND"] = backend
+    if kill:
+        env["DEEPKIT_TEST_KILL"] = "1"
+    return subprocess.Popen(
+        [sys.executable, "-c", _KILLER.format(here=str(HERE)), "run", str(recipe),
+         "--backend", backend, "--run-dir", str(run_dir)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _finish(process):
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out + err
+
+
+def _weights(run_dir):
+    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    recipe = _write(tmp_path, "killtest.yaml", KILL)
+    resumed, fresh = tmp_path / "resumed", tmp_path / "fresh"
+
+    # run 1 (killed in epoch 3) and run 3 (uninterrupted) side by side
+    killed_process = _start(recipe, resumed, kill=True)
+    fresh_process = _start(recipe, fresh, kill=False)
+    code, log = _finish(killed_process)
+    assert code == -signal.SIGKILL, log
+    # killed after batch 4 of epoch 3: two epochs logged and checkpointed
+    killed_history = _rows(resumed / "history.csv")
+    assert [int(r["epoch"]) for r in killed_history] == [0, 1]
+    meta = json.loads((resumed / "checkpoints/stage-0/training_metadata.json").read_text())
+    assert meta["epoch"] == 2
+    assert sorted(p.name for p in (resumed / "checkpoints/stage-0").iterdir()) == [
+        meta["weights"], "training_metadata.json"]
+    assert not (resumed / "results.json").exists() and not (resumed / "model.keras").exists()
+
+    # run 2: the same command in the same run directory, without the kill
+    code, log = _finish(_start(recipe, resumed, kill=False))
+    assert code == 0, log
+    assert "resuming the run in" in log
+    epochs_trained = [line.split(":")[0] for line in log.splitlines() if line.startswith("epoch ")]
+    assert epochs_trained == ["epoch 3/4", "epoch 4/4"], log  # epochs 1-2 not retrained
+
+    code, log = _finish(fresh_process)
+    assert code == 0, log
+
+    env = json.loads((resumed / "env.json").read_text())
+    assert len(env["resumed"]) == 1 and env["resumed"][0]["backend"] == keras.backend.backend()
+    assert "resumed" not in json.loads((fresh / "env.json").read_text())
+
+    history = _rows(resumed / "history.csv")
+    fresh_history = _rows(fresh / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2, 3]
+    assert history[:2] == killed_history  # the epochs before the kill were kept as logged
+    # exactly equal: same seed, same per-epoch random state, same arithmetic
+    np.testing.assert_array_equal(
+        [list(r.values()) for r in _numbers(history)],
+        [list(r.values()) for r in _numbers(fresh_history)])
+
+    results = json.loads((resumed / "results.json").read_text())
+    fresh_results = json.loads((fresh / "results.json").read_text())
+    assert results["status"] == fresh_results["status"] == "finished"
+    assert set(results["metrics"]) == set(fresh_results["metrics"]) == {
+        "test_loss", "test_accuracy", "test_error"}
+    for key, value in fresh_results["metrics"].items():
+        np.testing.assert_array_equal(results["metrics"][key], value, err_msg=key)
+
+    weights, fresh_weights = _weights(resumed), _weights(fresh)
+    assert len(weights) == len(fresh_weights) == 4
+    for w, f in zip(weights, fresh_weights):
+        np.testing.assert_array_equal(w, f)
+    # training happened: the comparison is not between untrained models
+    assert float(history[3]["loss"]) < float(history[0]["loss"])
+
+
+# -- (c) a loss that becomes NaN ----------------------------------------------
+
+
+class NaNAfter(keras.layers.Layer):
+    """Passes its input through, plus NaN from training call `calls + 1` on."""
+
+    def __init__(self, calls, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = calls
+
+    def build(self, input_shape):
+        self.count = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                     name="count")
+
+    def call(self, inputs, training=False):
+        if training:
+            self.count.assign(self.count + 1.0)
+        poison = ops.where(self.count > self.calls, float("nan"), 0.0)
+        return inputs + ops.cast(poison, inputs.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "calls": self.calls}
+
+
+@pytest.fixture
+def nan_layer(monkeypatch):
+    """`NaNAfter` in deepkit's registry for this test only."""
+    monkeypatch.setitem(export._REGISTRY, "NaNAfter", NaNAfter)
+
+
+def test_nan_loss_stops_with_status_3_and_keeps_the_last_good_checkpoint(tmp_path, capsys, nan_layer):
+    raw = yaml.safe_load(TINY)
+    raw["data"].pop("validation")
+    raw["fit"]["epochs"] = 4
+    # 300 examples in batches of 50: 6 steps per epoch; step 9 is batch 3 of epoch 2
+    raw["model"]["sequential"].insert(2, {"NaNAfter": {"calls": 8}})
+    path = _write(tmp_path, "nan.yaml", yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == cli.EXIT_DIVERGED
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Traceback" not in err
+    assert "stopped: the loss became NaN at epoch 2, batch 3 of stage 0 (main)" in err
+    assert "the last good checkpoint (end of epoch 1) is kept" in err
+
+    history = _rows(run_dir / "history.csv")
+    assert np.isfinite(float(history[0]["loss"]))
+    assert len(history) <= 2
+    folder = run_dir / "checkpoints/stage-0"
+    meta = json.loads((folder / "training_metadata.json").read_text())
+    assert meta["epoch"] == 1
+    assert sorted(p.name for p in folder.iterdir()) == [meta["weights"], "training_metadata.json"]
+    arrays = []
+    with h5py.File(folder / meta["weights"], "r") as f:
+        f.visititems(lambda name, obj: arrays.append(obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    assert len(arrays) >= 4  # kernels, biases, optimizer state
+    assert all(np.all(np.isfinite(a)) for a in arrays if np.issubdtype(np.asarray(a).dtype, np.number))
+    assert not (run_dir / "model.keras").exists()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "diverged" and "NaN" in results["message"]
+
+
+# -- (e) two stages -----------------------------------------------------------
+
+
+def test_two_stage_recipe_writes_a_second_history(tmp_path):
+    raw = yaml.safe_load(TINY)
+    raw["stages"] = [{"name": "more", "merge_validation": True, "epochs": 3,
+                      "until": {"monitor": "val_loss", "target": "previous_train_loss"}}]
+    path = _write(tmp_path, "two.yaml", yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
+
+    first = _rows(run_dir / "history.csv")
+    second = _rows(run_dir / "history-1-more.csv")
+    assert [int(r["epoch"]) for r in first] == [0, 1]
+    assert 1 <= len(second) <= 3
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [s["stage"] for s in results["stages"]] == ["main", "more"]
+    assert results["epochs"] == 2 + len(second)
+    target = results["stages"][0]["best_train_loss"]
+    assert target == pytest.approx(float(first[-1]["loss"]))
+    val_losses = [float(r["val_loss"]) for r in second]
+    # stage 2 stops at the first epoch whose val_loss reaches stage 1's train loss
+    assert all(v > target for v in val_losses[:-1])
+    assert len(second) == 3 or val_losses[-1] <= target
+    assert (run_dir / "checkpoints/stage-1.json").exists()
+    assert (run_dir / "model.keras").exists()
+    assert report.load_results(run_dir)["status"] == "finished"
