@@ -85,27 +85,35 @@ class RichProgressBar(keras.callbacks.Callback):
         self._epoch = epoch
         self._epoch_start = time.perf_counter()
         self._seen_batches = 0
+        self._train_seconds = 0.0
         steps = self.params.get("steps")
         if self._batch_task is None:
             self._batch_task = self._progress.add_task(f"epoch {epoch + 1}", total=steps, info="")
         else:
             self._progress.reset(self._batch_task, total=steps, description=f"epoch {epoch + 1}")
 
+    def _throughput(self):
+        """'12,345 ex/s' (or 'batch/s') over the training batches of this epoch."""
+        elapsed = max(self._train_seconds, 1e-9)
+        rate = self._seen_batches / elapsed
+        if self.batch_size:
+            return f"{rate * self.batch_size:,.0f} ex/s"
+        return f"{rate:,.1f} batch/s"
+
     def on_train_batch_end(self, batch, logs=None):
         self._seen_batches = batch + 1
-        elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
-        rate = self._seen_batches / elapsed
-        unit = "batch/s"
-        if self.batch_size:
-            rate, unit = rate * self.batch_size, "ex/s"
-        info = f"{format_logs(logs)} · {rate:,.0f} {unit}"
+        self._train_seconds = time.perf_counter() - self._epoch_start
+        info = f"{format_logs(logs)} · {self._throughput()}"
         self._progress.update(self._batch_task, completed=self._seen_batches, info=info)
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._epoch_start
         self._progress.update(self._epochs_task, completed=epoch + 1)
+        # The line that stays (also on a console that is not a terminal, where
+        # the live bars are not drawn): metrics, time and throughput.
         self._progress.console.print(
-            f"epoch {epoch + 1}/{self.params.get('epochs')}: {format_logs(logs)} ({seconds:.1f}s)"
+            f"epoch {epoch + 1}/{self.params.get('epochs')}: {format_logs(logs)} "
+            f"({seconds:.1f}s, {self._throughput()})"
         )
 
     def on_train_end(self, logs=None):
