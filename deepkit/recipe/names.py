@@ -192,6 +192,8 @@ def _string_object(kind, spec):
     except (ValueError, TypeError):
         module = keras.losses if kind == "loss" else keras.metrics
         known = [n for n in dir(module) if not n.startswith("_")] + list(export.registry())
+        if kind == "metric":
+            known = list(_METRIC_STRINGS) + known
         raise RecipeError(f"unknown {kind} {name!r}{closest(name, known)}", spec.path) from None
 
 

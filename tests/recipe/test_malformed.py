@@ -134,7 +134,7 @@ CASES = {
     "unknown_metric": (
         _edit(lambda raw: raw["compile"].update(metrics=["accuracy", "acuracy"])),
         [],
-        ["compile.metrics[1]", "unknown metric 'acuracy'", "did you mean"],
+        ["compile.metrics[1]", "unknown metric 'acuracy'; did you mean accuracy"],
     ),
     "unknown_callback": (
         _edit(lambda raw: raw["fit"].update(callbacks=[{"EarlyStoping": {"patience": 1}}])),
@@ -317,14 +317,11 @@ def test_the_message_is_one_line_on_a_wide_terminal(tmp_path, capsys, no_fit, mo
     assert cli.main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 2
     out = capsys.readouterr()
     assert out.out == ""
-    assert out.err.splitlines() == [
+    (line,) = out.err.splitlines()
+    assert line.startswith(
         f"error: {path}: model.sequential[1].Maxout.peices: Maxout has no argument "
-        "'peices'; did you mean pieces? (arguments: activity_regularizer, autocast, "
-        "batch_size, bias_constraint, bias_initializer, bias_regularizer, dtype, "
-        "input_dim, input_shape, kernel_constraint, kernel_initializer, "
-        "kernel_regularizer, max_norm, min_zero, name, pieces, pool_stride, "
-        "trainable, units, use_bias)"
-    ]
+        "'peices'; did you mean pieces? (arguments: activity_regularizer, ")
+    assert line.endswith(", units, use_bias)")
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys, no_fit):
