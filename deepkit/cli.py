@@ -209,12 +209,14 @@ def main(argv=None):
     except (RecipeError, DataError) as e:
         if getattr(args, "debug", False):
             raise
-        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False)
+        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False,
+                      soft_wrap=True)  # one line, whatever the width
         return EXIT_BAD_RECIPE
     except Exception as e:
         if type(e).__name__ != "RunDiverged" or getattr(args, "debug", False):
             raise
-        console.print(f"[bold red]stopped:[/bold red] {escape(str(e))}", highlight=False)
+        console.print(f"[bold red]stopped:[/bold red] {escape(str(e))}", highlight=False,
+                      soft_wrap=True)  # one line, whatever the width
         return EXIT_DIVERGED
 
 

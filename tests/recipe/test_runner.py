@@ -163,8 +163,9 @@ def test_run_directory_of_another_recipe_is_refused(finished_run, capsys, no_fit
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert cli.main(argv + ["--set", "fit.epochs=3"]) == cli.EXIT_BAD_RECIPE
-    err = " ".join(capsys.readouterr().err.split())
-    assert "holds a different recipe" in err and "Traceback" not in err
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the run directory {run_dir} holds a different recipe")
+    assert err.count("\n") == 1 and "Traceback" not in err
     assert not no_fit
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
@@ -315,10 +316,12 @@ def test_nan_loss_stops_with_status_3_and_keeps_the_last_good_checkpoint(tmp_pat
     path = _write(tmp_path, "nan.yaml", yaml.safe_dump(raw))
     run_dir = tmp_path / "run"
     assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == cli.EXIT_DIVERGED
-    err = " ".join(capsys.readouterr().err.split())
+    err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert "stopped: the loss became NaN at epoch 2, batch 3 of stage 0 (main)" in err
-    assert "the last good checkpoint (end of epoch 1) is kept" in err
+    (line,) = [line for line in err.splitlines() if line.startswith("stopped:")]
+    assert line.startswith("stopped: the loss became NaN at epoch 2, batch 3 of stage 0 (main); "
+                           "the run stopped; the last good checkpoint (end of epoch 1) is kept in ")
+    assert line.endswith(str(run_dir / "checkpoints" / "stage-0"))
 
     history = _rows(run_dir / "history.csv")
     assert [int(r["epoch"]) for r in history] == [0, 1]
