@@ -44,8 +44,9 @@ class MomentumSchedule(keras.callbacks.Callback):
     is traced again. So when the value changes, this callback sets the
     attribute and calls `model.make_train_function(force=True)`; the next
     step is retraced (one extra compilation per epoch in which the momentum
-    changes, none once it is flat; on the 2-core CPU a retrace of the
-    PI-MNIST maxout step costs about as much as a third of an epoch). An
+    changes, none once it is flat; for the PI-MNIST maxout model on the
+    shared 2-core CPU a retrace added 0.6-3.6 s (JAX) and about 2 s (TF) to
+    epochs of 4-6 s, see benchmarks/RESULTS.md). An
     optimizer whose `momentum` is one of its own variables, such as
     `deepkit.training.VariableMomentumSGD`, is updated by assignment instead,
     with no retracing: prefer it for long ramps.

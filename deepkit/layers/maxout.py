@@ -144,6 +144,8 @@ class Maxout(_MaxoutBase):
 
     With the default disjoint pools, column `p * units + u` of the kernel is
     piece `p` of unit `u` (piece-major; see the module docstring for why).
+    The gradient of the max reaches only the winning piece of each unit (on
+    an exact tie, TensorFlow and JAX split it between the tied pieces).
     With overlapping pools (`pool_stride < pieces`), unit `u` takes the max of
     the `pieces` consecutive columns starting at `u * pool_stride`, and the
     kernel has `(units - 1) * pool_stride + pieces` columns (pylearn2's
