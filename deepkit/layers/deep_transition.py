@@ -353,7 +353,11 @@ class DeepTransitionRNN(keras.layers.RNN):
         go_backwards: run over the sequence in reverse (and return the
             reversed sequence).
         stateful: keep the last state of each sample as the initial state of
-            the same sample in the next batch (needs a fixed batch size).
+            the same sample in the next batch (needs a fixed batch size;
+            `reset_state()` starts again from zeros). The carried state is a
+            non-trainable weight of the layer, so that `fit`, `evaluate` and
+            `predict` carry it on every backend (Keras' own RNN layers keep
+            it untracked, and on JAX they restart every batch from zeros).
         unroll: unroll the loop (short, fixed-length sequences only).
 
     Call arguments:

@@ -344,6 +344,20 @@ class DeepTransitionSequenceTest(TestCase):
         forward.set_weights(layer.get_weights())
         self.assertAllClose(forward(x[:, ::-1]), outputs, atol=1e-6)
 
+    def test_bidirectional(self):
+        x = _input()
+        layer = keras.layers.Bidirectional(
+            DeepTransitionRNN(4, transition_layers=[5], shortcut=True, return_sequences=True)
+        )
+        outputs = np.asarray(layer(x))
+        self.assertEqual(outputs.shape, (3, 7, 8))
+        self.assertTrue(layer.backward_layer.go_backwards)
+        forward, _ = _numpy_rnn(_weights(layer.forward_layer.cell), x, np.tanh, np.tanh, None)
+        backward, _ = _numpy_rnn(_weights(layer.backward_layer.cell), x, np.tanh, np.tanh, None,
+                                 go_backwards=True)
+        self.assertAllClose(outputs[..., :4], forward, atol=2e-5, rtol=1e-5)
+        self.assertAllClose(outputs[..., 4:], backward[:, ::-1], atol=2e-5, rtol=1e-5)
+
     def test_initial_state(self):
         x = _input()
         layer = self._layer(x, return_sequences=True)
