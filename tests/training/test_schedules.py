@@ -41,7 +41,7 @@ class ExponentialDecayWithFloorTest(TestCase):
 
     def test_integer_step_tensor(self):
         schedule = ExponentialDecayWithFloor(1.0, 2.0, 0.1)
-        got = ops.convert_to_numpy(schedule(ops.convert_to_tensor([0, 1, 2, 3, 4], "int64")))
+        got = ops.convert_to_numpy(schedule(ops.convert_to_tensor([0, 1, 2, 3, 4], "int32")))
         self.assertAllClose(got, [1.0, 0.5, 0.25, 0.125, 0.1])
 
     def test_updates_use_the_rate_of_their_step(self):
