@@ -59,7 +59,7 @@ def _set_backend(args):
                                  f"{keras.backend.backend()} backend")
         os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not getattr(args, "debug", False):
+    if args.command in ("run", "show") and not getattr(args, "debug", False):
         _quiet_import_keras()
 
 

@@ -17,7 +17,7 @@ import keras
 
 from deepkit import datasets, export
 from deepkit.recipe.errors import RecipeError, closest, describe
-from deepkit.recipe.schema import ObjectSpec, check_type
+from deepkit.recipe.schema import ObjectSpec, check_type, object_spec
 
 _BASES = {
     "layer": (keras.layers, keras.layers.Layer),
@@ -154,6 +154,12 @@ def _nested(value, path):
                 for kind in _NESTED_KINDS:
                     if lookup(kind, name) is not None:
                         return build(kind, ObjectSpec(name, config or {}, f"{path}.{name}"))
+                if name[:1].isupper():
+                    known = [n for kind in _NESTED_KINDS for n in _module_names(kind)]
+                    raise RecipeError(
+                        f"unknown name {name!r}{closest(name, known)}; expected an "
+                        "initializer, constraint, regularizer, learning-rate schedule or "
+                        "layer registered by deepkit or Keras", f"{path}.{name}")
         return {k: _nested(v, f"{path}.{k}") for k, v in value.items()}
     if isinstance(value, list):
         return [_nested(v, f"{path}[{i}]") for i, v in enumerate(value)]
@@ -219,6 +225,11 @@ def build_compile_args(recipe, optimizer_spec=None):
     else:
         args["loss"] = build("loss", comp.loss)
     args["metrics"] = [build("metric", m) for m in comp.metrics]
+    if "weighted_metrics" in args:
+        args["weighted_metrics"] = [
+            build("metric", object_spec(m, f"compile.weighted_metrics[{i}]", None))
+            for i, m in enumerate(args["weighted_metrics"])
+        ]
     return args
 
 

@@ -140,13 +140,46 @@ def load_splits(recipe):
     return out
 
 
+def stateful_layers(model):
+    """The layers of `model` (nested ones included) that carry state across batches."""
+    found, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if getattr(layer, "stateful", False) and hasattr(layer, "reset_state"):
+            found.append(layer)
+        stack.extend(getattr(layer, "layers", []) or [])
+        for attr in ("forward_layer", "backward_layer", "layer"):
+            inner = getattr(layer, attr, None)
+            if isinstance(inner, keras.layers.Layer):
+                stack.append(inner)
+    return found
+
+
+def reset_states(model):
+    for layer in stateful_layers(model):
+        layer.reset_state()
+
+
+class ResetStates(keras.callbacks.Callback):
+    """Start every epoch, validation and evaluation of a stateful model from zeros."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        reset_states(self.model)
+
+    def on_test_begin(self, logs=None):
+        reset_states(self.model)
+
+
 def build_model(recipe, train):
     """The recipe's model, built on the shape of the training inputs."""
     x = train[0]
     if recipe.model.sequential is not None:
         layers = names.build_layers(recipe)
-        model = keras.Sequential([keras.Input(shape=x.shape[1:], dtype=str(x.dtype))] + layers,
-                                 name=recipe.name)
+        # Stateful layers need a static batch size.
+        stateful = any(getattr(layer, "stateful", False) for layer in layers)
+        batch = recipe.data.batch_size if stateful else None
+        inputs = keras.Input(shape=x.shape[1:], dtype=str(x.dtype), batch_size=batch)
+        model = keras.Sequential([inputs] + layers, name=recipe.name)
     else:
         model = names.build_model_object(recipe)
         model(x[: recipe.data.batch_size])
@@ -296,6 +329,7 @@ class Runner:
         callbacks = [
             guard,
             backup,
+            *([ResetStates()] if stateful_layers(model) else []),
             *user_callbacks,
             keras.callbacks.CSVLogger(str(history_path), append=True),
             keras.callbacks.LambdaCallback(on_epoch_end=save_clock),
@@ -373,8 +407,11 @@ class Runner:
         for split in recipe.evaluate.splits:
             if splits.get(split) is None:
                 continue
-            values = model.evaluate(*splits[split], batch_size=recipe.data.batch_size,
-                                    verbose=0, return_dict=True)
+            x, y, *weights = splits[split]
+            reset_states(model)
+            values = model.evaluate(x, y, sample_weight=weights[0] if weights else None,
+                                    batch_size=recipe.data.batch_size, verbose=0,
+                                    return_dict=True)
             metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
         metrics = report.derived_metrics(metrics)
 
