@@ -106,11 +106,21 @@ class GatedExperts(keras.layers.Layer):
         activation: activation of the default expert's hidden layer.
         dropped_tokens: ``"input"`` (pass through, when widths match) or
             ``"zero"`` (output zero; use inside a residual block).
+        residual: if True the output is ``inputs + mixture`` (Switch
+            Transformers' residual expert layer; widths must match): a
+            dropped token's output is then its input, and a served token's
+            output is on the same scale. Without it, a served token's output
+            ``p_i · E_i(x)`` and a passed-through token's ``x`` differ in
+            scale, which on MNIST made the router collapse.
         kernel_initializer: for the expert kernels; variance-scaling
             initializers use each expert's own fans.
         bias_initializer: for the expert biases.
         router_initializer: for the router kernel; default zeros with
-            ``noise="noisy_top_k"`` (as Shazeer et al.), else glorot_uniform.
+            ``noise="noisy_top_k"`` (as Shazeer et al.), else a truncated
+            normal with standard deviation ``sqrt(0.1 / d)`` (Switch
+            Transformers' small initialization: near-uniform routing at the
+            start; a Glorot router on ReLU features collapsed onto 6 of 16
+            experts on MNIST here).
         seed: seed for the router noise.
         **kwargs: base `Layer` arguments (name, dtype, ...).
 
@@ -157,6 +167,7 @@ class GatedExperts(keras.layers.Layer):
         expert=None,
         activation="relu",
         dropped_tokens="input",
+        residual=False,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         router_initializer=None,
@@ -199,6 +210,7 @@ class GatedExperts(keras.layers.Layer):
         self.expert = _plain(expert)
         self.activation = keras.activations.get(activation)
         self.dropped_tokens = dropped_tokens
+        self.residual = bool(residual)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         if router_initializer is None:
@@ -248,7 +260,10 @@ class GatedExperts(keras.layers.Layer):
         elif self.noise == "noisy_top_k":
             router_init = "zeros"
         else:
-            router_init = "glorot_uniform"
+            # Switch Transformers, Section 2.4: truncated normal, std sqrt(0.1 / fan_in).
+            router_init = keras.initializers.VarianceScaling(
+                scale=0.1, mode="fan_in", distribution="truncated_normal", seed=self.seed
+            )
         self.router_kernel = self.add_weight(
             name="router_kernel",
             shape=(input_dim, num_experts),
@@ -296,6 +311,11 @@ class GatedExperts(keras.layers.Layer):
                 name="expert_bias_2",
                 shape=(num_experts, self._output_dim),
                 initializer=self.bias_initializer,
+            )
+        if self.residual and self._output_dim != input_dim:
+            raise ValueError(
+                f"residual=True needs the output width ({self._output_dim}) to equal "
+                f"the input width ({input_dim})"
             )
         # Routing statistics, summed over training calls (see ExpertLoad).
         self.load_total = self._statistic("load_total", (num_experts,))
@@ -375,7 +395,9 @@ class GatedExperts(keras.layers.Layer):
         outputs = routing.combine(
             expert_outputs, slot, keep, ops.cast(gates, self.compute_dtype)
         )
-        if self.dropped_tokens == "input" and self._output_dim == input_dim:
+        if self.residual:
+            outputs = tokens + outputs
+        elif self.dropped_tokens == "input" and self._output_dim == input_dim:
             dropped = ops.logical_not(ops.any(keep, axis=1))
             outputs = ops.where(ops.expand_dims(dropped, -1), tokens, outputs)
 
@@ -460,6 +482,7 @@ class GatedExperts(keras.layers.Layer):
                 "expert": _plain(self.expert),
                 "activation": keras.activations.serialize(self.activation),
                 "dropped_tokens": self.dropped_tokens,
+                "residual": self.residual,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),

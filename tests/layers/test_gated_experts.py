@@ -93,7 +93,9 @@ def reference(layer, x, training=False, mask=None, factor=None):
                 out[t] += gates[t, choice] * (hidden @ w["expert_kernel_2"][e] + w["expert_bias_2"][e])
                 served[t] = True
             used[e] += 1
-    if out_dim == d and layer.dropped_tokens == "input":
+    if layer.residual:
+        out += tokens
+    elif out_dim == d and layer.dropped_tokens == "input":
         out[~served] = tokens[~served]
     return out.reshape(x.shape[:-1] + (out_dim,)), served
 
@@ -174,6 +176,18 @@ class ContractTest(TestCase):
             GatedExperts(4, 8, train_capacity_factor=0)
         with self.assertRaises(ValueError):
             GatedExperts(2, 8, top_k=2, noise="noisy_top_k", balance_loss="shazeer")
+        with self.assertRaises(ValueError):
+            GatedExperts(2, 8, output_units=3, residual=True).build((None, 4))
+
+    def test_default_router_starts_near_uniform(self):
+        layer = GatedExperts(16, 8)
+        layer.build((None, 64))
+        kernel = ops.convert_to_numpy(layer.router_kernel)
+        self.assertAllClose(kernel.std(), np.sqrt(0.1 / 64), rtol=0.2)
+        noisy = GatedExperts(16, 8, noise="noisy_top_k")
+        noisy.build((None, 64))
+        self.assertAllEqual(noisy.router_kernel, np.zeros((64, 16)))
+        self.assertAllEqual(noisy.noise_kernel, np.zeros((64, 16)))
 
     def test_variance_scaling_uses_each_experts_fans(self):
         layer = GatedExperts(64, 32, kernel_initializer="glorot_uniform")
@@ -193,6 +207,8 @@ class NumericsTest(TestCase):
             dict(router="hard"),
             dict(router="softmax"),
             dict(router="top_k", top_k=2, output_units=5),
+            dict(router="switch", residual=True),
+            dict(router="top_k", top_k=2, dropped_tokens="zero"),
         ]
         for case in cases:
             for factor in (2.0, 0.5):  # 0.5 forces drops
