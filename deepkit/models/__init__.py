@@ -1,1 +1,2 @@
 """deepkit.models."""
+from deepkit.models.conditional import ConditionalGatedMLP
