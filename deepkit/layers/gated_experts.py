@@ -1,7 +1,5 @@
 """GatedExperts: a sparsely gated mixture of experts with fixed-capacity dispatch."""
 
-import copy
-
 import keras
 from keras import ops
 
