@@ -89,7 +89,8 @@ def cmd_run(args):
     from deepkit.recipe.runner import run
 
     command = ["deepkit"] + list(getattr(args, "argv", sys.argv[1:]))
-    run(recipe, run_dir=args.run_dir, console=console, command=command)
+    run(recipe, run_dir=args.run_dir, console=console, command=command,
+        time_limit=args.time_limit)
     return 0
 
 
@@ -169,6 +170,9 @@ def parser():
     recipe_args(sp)
     sp.add_argument("--backend", choices=("tensorflow", "jax", "torch"))
     sp.add_argument("--run-dir", help="run directory (an existing one is resumed)")
+    sp.add_argument("--time-limit", type=float, metavar="MINUTES",
+                    help="stop each training stage after the last whole epoch that fits "
+                         "in MINUTES (a TimeLimit callback), for runs sized to a budget")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("show", help="print the resolved, validated recipe")

@@ -9,8 +9,9 @@ from deepkit.recipe.errors import RecipeError
 from deepkit.recipe.load import dump, load, read
 
 
-def run(recipe, run_dir=None, console=None, command=None):
+def run(recipe, run_dir=None, console=None, command=None, time_limit=None):
     """Run a validated recipe; see `deepkit.recipe.runner.run`."""
     from deepkit.recipe.runner import run as _run
 
-    return _run(recipe, run_dir=run_dir, console=console, command=command)
+    return _run(recipe, run_dir=run_dir, console=console, command=command,
+                time_limit=time_limit)

@@ -25,7 +25,8 @@ from rich.console import Console
 
 import deepkit
 from deepkit import datasets
-from deepkit.callbacks import ExactBackupAndRestore, RichProgressBar, StopAtTarget, StopOnNaN
+from deepkit.callbacks import (ExactBackupAndRestore, RichProgressBar, StopAtTarget, StopOnNaN,
+                               TimeLimit)
 from deepkit.recipe import names, report
 from deepkit.recipe.errors import RecipeError
 from deepkit.recipe.load import dump
@@ -231,11 +232,12 @@ def _best_train_loss(history, callbacks):
 class Runner:
     """Runs one recipe in one run directory. See `run`."""
 
-    def __init__(self, recipe, run_dir=None, console=None, command=None):
+    def __init__(self, recipe, run_dir=None, console=None, command=None, time_limit=None):
         self.recipe = recipe
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(recipe)
         self.console = console or Console(stderr=True)
         self.command = command
+        self.time_limit = time_limit
 
     # -- run directory --------------------------------------------------------
     def check_run_dir(self):
@@ -292,6 +294,8 @@ class Runner:
         done_path = ckpt / f"stage-{index}.json"
         final_weights = ckpt / f"stage-{index}-final.weights.h5"
         user_callbacks = names.build_callbacks(stage["callbacks"])
+        if self.time_limit is not None:
+            user_callbacks.append(TimeLimit(self.time_limit))
         if done_path.exists():
             model.load_weights(str(final_weights))
             self.console.print(f"stage {index} ({stage['name']}) already finished; weights loaded")
@@ -435,7 +439,7 @@ class Runner:
         return results
 
 
-def run(recipe, run_dir=None, console=None, command=None):
+def run(recipe, run_dir=None, console=None, command=None, time_limit=None):
     """Run `recipe` (a validated `Recipe`) in `run_dir`; see `Runner`.
 
     Returns:
@@ -445,4 +449,4 @@ def run(recipe, run_dir=None, console=None, command=None):
         RunDiverged: the loss became NaN; the last good checkpoint is kept.
         RecipeError: the run directory holds another recipe, or data are missing.
     """
-    return Runner(recipe, run_dir, console, command).run()
+    return Runner(recipe, run_dir, console, command, time_limit).run()
