@@ -69,6 +69,10 @@ class DeepTransitionCell(keras.layers.Layer):
             regularizers of the same groups of weights.
         kernel_constraint, recurrent_constraint, bias_constraint:
             constraints of the same groups of weights.
+        weight_noise: standard deviation of the Gaussian noise added to U,
+            W_1 … W_L and W_s in training, one sample per sequence (the
+            paper's music runs: 0.075); needs `DeepTransitionRNN`.
+        seed: seed of the weight noise.
 
     Call arguments:
         inputs: x_t, shape `(batch, features)`.
@@ -112,9 +116,16 @@ class DeepTransitionCell(keras.layers.Layer):
         kernel_constraint=None,
         recurrent_constraint=None,
         bias_constraint=None,
+        weight_noise=0.0,
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if isinstance(weight_noise, bool) or not isinstance(weight_noise, (int, float)) \
+                or weight_noise < 0:
+            raise ValueError(
+                f"weight_noise must be a non-negative number, got {weight_noise!r}"
+            )
         if not isinstance(units, int) or units <= 0:
             raise ValueError(f"units must be a positive integer, got {units!r}")
         transition_layers = list(transition_layers or [])
@@ -152,6 +163,11 @@ class DeepTransitionCell(keras.layers.Layer):
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.recurrent_constraint = keras.constraints.get(recurrent_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.weight_noise = float(weight_noise)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if weight_noise else None
+        # The noisy weights of the current sequence (see `noisy_weights`).
+        self._noisy = None
         self.state_size = units
         self.output_size = units
         # Set by DeepTransitionRNN while it runs the loop on inputs it has
@@ -229,7 +245,7 @@ class DeepTransitionCell(keras.layers.Layer):
         `DeepTransitionRNN` calls this once on the whole sequence, so that the
         input projection is one large matrix product instead of one per step.
         """
-        projected = ops.matmul(inputs, self.kernel)
+        projected = ops.matmul(inputs, self._weight("kernel"))
         if self.bias is not None:
             projected = ops.add(projected, self.bias)
         return projected
@@ -237,10 +253,10 @@ class DeepTransitionCell(keras.layers.Layer):
     def transition(self, projected, h_prev):
         """h_t from h_{t-1} and the projected input x_t U + b_1."""
         # First layer: φ_1(h_{t-1} W_1 + x_t U + b_1) (φ_h when L = 1).
-        z = ops.add(projected, ops.matmul(h_prev, self.recurrent_kernel))
+        z = ops.add(projected, ops.matmul(h_prev, self._weight("recurrent_kernel")))
         last = len(self.transition_kernels)
         z = self.activation(z) if last == 0 else self.transition_activation(z)
-        for l, kernel in enumerate(self.transition_kernels, start=1):
+        for l, kernel in enumerate(self._weight("transition_kernels"), start=1):
             # Layer l+1: φ(z_l W_{l+1} + b_{l+1}); the last one is φ_h and,
             # for DT(S), also receives the shortcut h_{t-1} W_s.
             z = ops.matmul(z, kernel)
@@ -248,7 +264,7 @@ class DeepTransitionCell(keras.layers.Layer):
                 z = ops.add(z, self.transition_biases[l - 1])
             if l == last:
                 if self.shortcut_kernel is not None:
-                    z = ops.add(z, ops.matmul(h_prev, self.shortcut_kernel))
+                    z = ops.add(z, ops.matmul(h_prev, self._weight("shortcut_kernel")))
                 z = self.activation(z)
             else:
                 z = self.transition_activation(z)
@@ -258,7 +274,49 @@ class DeepTransitionCell(keras.layers.Layer):
         a = ops.sigmoid(self.leak) if self.leak is not None else self.leaky
         return ops.add(z, ops.multiply(a, ops.subtract(h_prev, z)))
 
+    def _weight(self, name):
+        return self._noisy[name] if self._noisy is not None else getattr(self, name)
+
+    @contextlib.contextmanager
+    def noisy_weights(self, training):
+        """While active (in training, with `weight_noise`), the matrices carry noise.
+
+        Gaussian noise of standard deviation `weight_noise` is drawn once and
+        added to U, W_1 … W_L and W_s (not to the biases or the leak) for the
+        whole sequence, as in the weight noise of Graves (2011) that Pascanu
+        et al. 2014 train with; the gradient is taken at the noisy weights
+        and applied to the clean ones. Outside training this does nothing.
+        """
+        if not (training and self.weight_noise):
+            yield
+            return
+
+        def noisy(weight):
+            noise = keras.random.normal(
+                ops.shape(weight), stddev=self.weight_noise, dtype=weight.dtype,
+                seed=self.seed_generator,
+            )
+            return ops.add(weight, noise)
+
+        self._noisy = {
+            "kernel": noisy(self.kernel),
+            "recurrent_kernel": noisy(self.recurrent_kernel),
+            "transition_kernels": [noisy(k) for k in self.transition_kernels],
+            "shortcut_kernel": (noisy(self.shortcut_kernel)
+                                if self.shortcut_kernel is not None else None),
+        }
+        try:
+            yield
+        finally:
+            self._noisy = None
+
     def call(self, inputs, states, training=False):
+        if training and self.weight_noise and self._noisy is None:
+            raise ValueError(
+                "DeepTransitionCell: weight_noise draws one noise sample per sequence; "
+                "use the cell through DeepTransitionRNN (or wrap the RNN call in "
+                "`with cell.noisy_weights(training):`)"
+            )
         h_prev = states[0] if isinstance(states, (list, tuple)) else states
         if self._inputs_projected:
             projected = inputs
@@ -306,12 +364,16 @@ class DeepTransitionCell(keras.layers.Layer):
                 self.recurrent_constraint
             ),
             "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            "weight_noise": self.weight_noise,
+            "seed": self.seed,
         }
         return {**super().get_config(), **config}
 
 
 # The cell arguments that DeepTransitionRNN passes through.
 _CELL_ARGS = (
+    "weight_noise",
+    "seed",
     "units",
     "transition_layers",
     "activation",
@@ -404,6 +466,8 @@ class DeepTransitionRNN(keras.layers.RNN):
         kernel_constraint=None,
         recurrent_constraint=None,
         bias_constraint=None,
+        weight_noise=0.0,
+        seed=None,
         return_sequences=False,
         return_state=False,
         go_backwards=False,
@@ -429,6 +493,8 @@ class DeepTransitionRNN(keras.layers.RNN):
             kernel_constraint=kernel_constraint,
             recurrent_constraint=recurrent_constraint,
             bias_constraint=bias_constraint,
+            weight_noise=weight_noise,
+            seed=seed,
             dtype=kwargs.get("dtype"),
             trainable=kwargs.get("trainable", True),
             name="deep_transition_cell",
@@ -456,9 +522,11 @@ class DeepTransitionRNN(keras.layers.RNN):
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         # x_t U + b_1 for every t in one product; the loop does the rest.
-        projected = self.cell.project_inputs(sequences)
-        with self.cell.inputs_projected():
-            return super().inner_loop(projected, initial_state, mask, training=training)
+        # With weight noise, one noise sample serves the whole sequence.
+        with self.cell.noisy_weights(training):
+            projected = self.cell.project_inputs(sequences)
+            with self.cell.inputs_projected():
+                return super().inner_loop(projected, initial_state, mask, training=training)
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
         return super().call(

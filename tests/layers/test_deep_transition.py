@@ -377,3 +377,35 @@ class DeepTransitionSequenceTest(TestCase):
         model.fit(x, y, batch_size=3, epochs=1, verbose=0)
         for w, b in zip(layer.trainable_weights, before):
             self.assertFalse(np.array_equal(np.asarray(w.numpy()), b), w.path)
+
+
+class WeightNoiseTest(TestCase):
+    def test_weight_noise_only_in_training_with_the_right_scale(self):
+        # One step, no transition layers, linear units, zero weights: in
+        # training h_1 = x (U + N_U), so h_1 ~ N(0, stddev^2 |x|^2) per unit.
+        stddev = 0.3
+        layer = DeepTransitionRNN(
+            64, activation="linear", weight_noise=stddev, seed=5,
+            kernel_initializer="zeros", recurrent_initializer="zeros",
+        )
+        x = np.array([[[1.0, 2.0, -2.0]]], "float32")  # |x| = 3
+        self.assertAllClose(layer(x, training=False), np.zeros((1, 64)))
+        draws = np.concatenate([np.asarray(layer(x, training=True)) for _ in range(40)])
+        self.assertAllClose(draws.mean(), 0.0, atol=0.05)
+        self.assertAllClose(draws.std(), stddev * 3.0, rtol=0.1)
+        # Fresh noise at every call.
+        self.assertFalse(np.allclose(draws[0], draws[1]))
+
+    def test_weight_noise_config_and_errors(self):
+        self.run_layer_test(
+            DeepTransitionRNN,
+            {"units": 3, "transition_layers": [2], "shortcut": True,
+             "weight_noise": 0.075, "seed": 1},
+            input_shape=(2, 4, 3),
+            expected_output_shape=(2, 3),
+        )
+        with self.assertRaisesRegex(ValueError, "weight_noise must be a non-negative number"):
+            DeepTransitionRNN(3, weight_noise=-0.1)
+        rnn = keras.layers.RNN(DeepTransitionCell(3, weight_noise=0.1))
+        with self.assertRaisesRegex(ValueError, "one noise sample per sequence"):
+            rnn(np.zeros((1, 2, 3), "float32"), training=True)
