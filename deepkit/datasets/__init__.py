@@ -163,9 +163,3 @@ def load(name, split, **options):
         )
     return entry.fn(split, **options)
 
-
-def limit_split(arrays, limit):
-    """The first `limit` examples of every array in `arrays` (None: all)."""
-    if arrays is None or limit is None:
-        return arrays
-    return tuple(a[:limit] for a in arrays)

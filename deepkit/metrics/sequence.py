@@ -70,7 +70,13 @@ def _weights_like(values, sample_weight):
 
 
 class _StepMean(keras.metrics.Metric):
-    """Sum of per-step NLLs and of step weights over everything seen."""
+    """Sum of per-step NLLs and of step weights over everything seen.
+
+    Subclasses name their per-step NLL function, `step_nll(y_true, y_pred,
+    from_logits)`, as a class attribute.
+    """
+
+    step_nll = None
 
     def __init__(self, from_logits=False, name=None, dtype=None):
         super().__init__(name=name, dtype=dtype)
@@ -78,11 +84,9 @@ class _StepMean(keras.metrics.Metric):
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
-    def step_nll(self, y_true, y_pred):
-        raise NotImplementedError
-
     def update_state(self, y_true, y_pred, sample_weight=None):
-        values = ops.cast(self.step_nll(y_true, y_pred), self.dtype)
+        nll = self.step_nll(y_true, y_pred, from_logits=self.from_logits)
+        values = ops.cast(nll, self.dtype)
         weights = _weights_like(values, sample_weight)
         self.total.assign_add(ops.sum(ops.multiply(values, weights)))
         self.count.assign_add(ops.sum(weights))
@@ -131,11 +135,10 @@ class FrameNLL(_StepMean):
         arXiv:1206.6392.
     """
 
+    step_nll = staticmethod(frame_nll)
+
     def __init__(self, from_logits=False, name="frame_nll", dtype=None):
         super().__init__(from_logits=from_logits, name=name, dtype=dtype)
-
-    def step_nll(self, y_true, y_pred):
-        return frame_nll(y_true, y_pred, from_logits=self.from_logits)
 
     def result(self):
         return self.mean_nll()
@@ -167,11 +170,10 @@ class BitsPerCharacter(_StepMean):
         Neural Networks", ICLR 2014, arXiv:1312.6026.
     """
 
+    step_nll = staticmethod(token_nll)
+
     def __init__(self, from_logits=False, name="bits_per_character", dtype=None):
         super().__init__(from_logits=from_logits, name=name, dtype=dtype)
-
-    def step_nll(self, y_true, y_pred):
-        return token_nll(y_true, y_pred, from_logits=self.from_logits)
 
     def result(self):
         return ops.divide(self.mean_nll(), math.log(2.0))
@@ -201,11 +203,10 @@ class Perplexity(_StepMean):
         PhD thesis, 2012; Pascanu et al. 2014, arXiv:1312.6026.
     """
 
+    step_nll = staticmethod(token_nll)
+
     def __init__(self, from_logits=False, name="perplexity", dtype=None):
         super().__init__(from_logits=from_logits, name=name, dtype=dtype)
-
-    def step_nll(self, y_true, y_pred):
-        return token_nll(y_true, y_pred, from_logits=self.from_logits)
 
     def result(self):
         return ops.exp(self.mean_nll())

@@ -354,7 +354,7 @@ def test_two_stage_recipe_writes_a_second_history(tmp_path):
     first = _rows(run_dir / "history.csv")
     second = _rows(run_dir / "history-1-more.csv")
     assert [int(r["epoch"]) for r in first] == [0, 1]
-    assert 1 <= len(second) <= 3
+    assert second, "stage 2 trained no epoch"
     results = json.loads((run_dir / "results.json").read_text())
     assert [s["stage"] for s in results["stages"]] == ["main", "more"]
     assert results["epochs"] == 2 + len(second)
@@ -362,8 +362,10 @@ def test_two_stage_recipe_writes_a_second_history(tmp_path):
     assert target == pytest.approx(float(first[-1]["loss"]))
     val_losses = [float(r["val_loss"]) for r in second]
     # stage 2 stops at the first epoch whose val_loss reaches stage 1's train loss
-    assert all(v > target for v in val_losses[:-1])
-    assert len(second) == 3 or val_losses[-1] <= target
+    # Stage 2 stops at the first epoch whose val_loss reaches stage 1's train
+    # loss, or after its 3 epochs: the length is exactly that.
+    reached = [i for i, v in enumerate(val_losses) if v <= target]
+    assert len(second) == (reached[0] + 1 if reached else 3)
     assert (run_dir / "checkpoints/stage-1.json").exists()
     assert (run_dir / "model.keras").exists()
     assert report.load_results(run_dir)["status"] == "finished"
