@@ -14,7 +14,7 @@ from deepkit import datasets
 from deepkit.datasets import polyphonic
 from deepkit.testing import TestCase
 
-SHARED_DATA = "/work/shared/data"
+SHARED_DATA = os.environ.get("DEEPKIT_DATA", "")  # set by tests/conftest.py
 
 # Pieces per split, as published (Boulanger-Lewandowski et al. 2012).
 SPLIT_SIZES = {
@@ -25,16 +25,7 @@ SPLIT_SIZES = {
 }
 
 
-class _DataTestCase(TestCase):
-    def setUp(self):
-        super().setUp()
-        if not os.environ.get(datasets.DATA_ENV):
-            patcher = mock.patch.dict(os.environ, {datasets.DATA_ENV: SHARED_DATA})
-            patcher.start()
-            self.addCleanup(patcher.stop)
-
-
-class PolyphonicFilesTest(_DataTestCase):
+class PolyphonicFilesTest(TestCase):
     def test_registered_with_options(self):
         for name in SPLIT_SIZES:
             self.assertIn(name, datasets.names())

@@ -11,17 +11,10 @@ from deepkit import datasets
 from deepkit.datasets import ptb
 from deepkit.testing import TestCase
 
-SHARED_DATA = "/work/shared/data"
+SHARED_DATA = os.environ.get("DEEPKIT_DATA", "")  # set by tests/conftest.py
 
 
 class PTBFilesTest(TestCase):
-    def setUp(self):
-        super().setUp()
-        if not os.environ.get(datasets.DATA_ENV):
-            patcher = mock.patch.dict(os.environ, {datasets.DATA_ENV: SHARED_DATA})
-            patcher.start()
-            self.addCleanup(patcher.stop)
-
     def test_word_token_counts_and_vocabulary(self):
         # Mikolov's counts, with one <eos> per line.
         for split, count in (("train", 929_589), ("valid", 73_760), ("test", 82_430)):
