@@ -4,3 +4,4 @@ from deepkit.layers.deep_transition import DeepTransitionCell, DeepTransitionRNN
 from deepkit.layers.gated_experts import GatedExperts
 from deepkit.layers.stochastic import NoisyReLU, StochasticBinaryGate
 from deepkit.layers.initializers import SparseSingular
+from deepkit.layers.weight_noise import NoisyDense

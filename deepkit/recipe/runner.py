@@ -342,7 +342,10 @@ class Runner:
         fit_kwargs = dict(recipe.fit.options)
         if splits["valid"] is not None:
             fit_kwargs["validation_data"] = splits["valid"]
-            fit_kwargs["validation_batch_size"] = recipe.data.batch_size
+            # Validation may use larger batches (forward only, fewer
+            # dispatches), except for stateful models, whose batch is static.
+            if stateful_layers(model) or "validation_batch_size" not in fit_kwargs:
+                fit_kwargs["validation_batch_size"] = recipe.data.batch_size
         # shuffle=False: `data` shuffles itself from (seed, epoch); Keras would
         # also shuffle the batch order, from Python's global random state,
         # which a resumed run does not share (and fit.shuffle: false means

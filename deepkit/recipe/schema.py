@@ -117,6 +117,7 @@ FIT_KEYS = {
     "callbacks": list,
     "shuffle": bool,
     "validation_freq": int,
+    "validation_batch_size": int,
     "steps_per_epoch": int,
     "class_weight": dict,
 }
