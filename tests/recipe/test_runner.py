@@ -369,3 +369,25 @@ def test_two_stage_recipe_writes_a_second_history(tmp_path):
     assert (run_dir / "checkpoints/stage-1.json").exists()
     assert (run_dir / "model.keras").exists()
     assert report.load_results(run_dir)["status"] == "finished"
+
+
+@pytest.mark.parametrize("option, expected", [(None, 50), (250, 250)])
+def test_validation_batch_size_defaults_to_the_training_batch(tmp_path, monkeypatch, option,
+                                                              expected):
+    raw = yaml.safe_load(TINY)
+    raw["fit"]["epochs"] = 1
+    if option is not None:
+        raw["fit"]["validation_batch_size"] = option
+    path = _write(tmp_path, "vbs.yaml", yaml.safe_dump(raw))
+    seen = []
+    original = keras.Model.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("validation_batch_size"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    assert cli.main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 0
+    assert seen == [expected]
+    rows = _rows(tmp_path / "run" / "history.csv")
+    assert len(rows) == 1 and float(rows[0]["val_loss"]) > 0
