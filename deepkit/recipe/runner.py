@@ -187,6 +187,39 @@ def build_model(recipe, train):
     return model
 
 
+def init_from(model, spec, file=None):
+    """Copy the weights of `spec["layers"]` from a finished run into `model`.
+
+    `spec["path"]` is a run directory (its `model.keras`) or a `.keras` file;
+    each named layer must exist in both models with weights of the same
+    shapes. Returns the names copied. Pascanu et al. 2014 start their
+    DOT(S)-RNN from a trained DT(S)-RNN this way.
+    """
+    path = Path(spec["path"]).expanduser()
+    source_file = path / "model.keras" if path.is_dir() else path
+    if not source_file.is_file():
+        raise RecipeError(f"no trained model at {source_file}: expected the directory of a "
+                          "finished run (its model.keras) or a .keras file; run the source "
+                          f"recipe with --run-dir {path} first", "init_from.path", file)
+    source = keras.saving.load_model(str(source_file), compile=False)
+    source_layers = {layer.name: layer for layer in source.layers}
+    target_layers = {layer.name: layer for layer in model.layers}
+    for i, name in enumerate(spec["layers"]):
+        where = f"init_from.layers[{i}]"
+        for side, layers in (("this recipe's model", target_layers),
+                             (f"the model in {source_file}", source_layers)):
+            if name not in layers:
+                raise RecipeError(f"{side} has no layer {name!r}; its layers: "
+                                  f"{', '.join(layers)}", where, file)
+        src, dst = source_layers[name].get_weights(), target_layers[name].get_weights()
+        shapes = ([w.shape for w in src], [w.shape for w in dst])
+        if shapes[0] != shapes[1]:
+            raise RecipeError(f"layer {name!r} has weights of shapes {shapes[0]} in "
+                              f"{source_file} but {shapes[1]} here", where, file)
+        target_layers[name].set_weights(src)
+    return list(spec["layers"])
+
+
 def _history_rows(path):
     if not Path(path).exists():
         return []
@@ -392,11 +425,16 @@ class Runner:
             keras.mixed_precision.set_global_policy("mixed_float16")
         # Load the data before writing anything: a data error leaves no run directory.
         splits = load_splits(recipe)
+        model = build_model(recipe, splits["train"])
+        # Before anything is written, so a bad init_from leaves no run directory;
+        # a resumed run gets its weights from the checkpoint instead.
+        if recipe.init_from is not None and not resumed:
+            copied = init_from(model, recipe.init_from, recipe.file)
+            self.console.print(f"initialized {', '.join(copied)} from {recipe.init_from['path']}")
         resumed = self.prepare()
         if resumed:
             self.console.print(f"resuming the run in {self.run_dir}")
         env = self._env(resumed)
-        model = build_model(recipe, splits["train"])
         model.compile(**names.build_compile_args(recipe), jit_compile=recipe.jit_compile)
 
         summaries, previous = [], None

@@ -92,6 +92,7 @@ class Recipe:
     jit_compile: Any = "auto"
     mixed_precision: bool = False
     description: str = ""
+    init_from: Optional[dict] = None
     file: Optional[str] = None
     raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
@@ -107,6 +108,7 @@ TOP_KEYS = {
     "reference": False,
     "smoke": False,
     "stages": False,
+    "init_from": False,
     "backend": False,
     "jit_compile": False,
     "mixed_precision": False,
@@ -308,6 +310,17 @@ def parse(raw, file=None):
             until=until,
         ))
 
+    init_from = raw.get("init_from")
+    if init_from is not None:
+        _mapping(init_from, "init_from", file)
+        _check_keys(init_from, ("path", "layers"), "init_from", file, required=("path", "layers"))
+        check_type(init_from["path"], str, "init_from.path", file)
+        layers = check_type(init_from["layers"], list, "init_from.layers", file)
+        if not layers or not all(isinstance(n, str) for n in layers):
+            raise RecipeError(f"expected a non-empty list of layer names, found {describe(layers)}",
+                              "init_from.layers", file)
+        init_from = {"path": init_from["path"], "layers": list(layers)}
+
     backend = raw.get("backend")
     if backend is not None and backend not in BACKENDS:
         raise RecipeError(f"expected one of {', '.join(BACKENDS)}, found {describe(backend)}"
@@ -331,6 +344,7 @@ def parse(raw, file=None):
         jit_compile=jit,
         mixed_precision=check_type(raw.get("mixed_precision", False), bool, "mixed_precision", file),
         description=check_type(raw.get("description", ""), str, "description", file),
+        init_from=init_from,
         file=file,
         raw=copy.deepcopy(raw),
     )

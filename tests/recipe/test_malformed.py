@@ -228,6 +228,16 @@ CASES = {
         [],
         ["stages[0].until.target", "previous_train_loss", "'low' (string)"],
     ),
+    "init_from_without_layers": (
+        _edit(lambda raw: raw.update(init_from={"path": "runs/x"})),
+        [],
+        ["init_from", "layers"],
+    ),
+    "init_from_empty_layers": (
+        _edit(lambda raw: raw.update(init_from={"path": "runs/x", "layers": []})),
+        [],
+        ["init_from.layers", "non-empty list of layer names", "[] (list)"],
+    ),
 }
 
 

@@ -391,3 +391,62 @@ def test_validation_batch_size_defaults_to_the_training_batch(tmp_path, monkeypa
     assert seen == [expected]
     rows = _rows(tmp_path / "run" / "history.csv")
     assert len(rows) == 1 and float(rows[0]["val_loss"]) > 0
+
+
+def _named_tiny(units=16):
+    raw = yaml.safe_load(TINY)
+    raw["fit"]["epochs"] = 1
+    raw["model"]["sequential"][1] = {"Maxout": {"name": "hidden", "units": units, "pieces": 2}}
+    raw["model"]["sequential"][2] = {"Dense": {"name": "out", "units": 10,
+                                               "activation": "softmax"}}
+    return raw
+
+
+def test_init_from_copies_the_named_layers_of_a_finished_run(tmp_path, monkeypatch):
+    source_dir = tmp_path / "source"
+    path = _write(tmp_path, "source.yaml", yaml.safe_dump(_named_tiny()))
+    assert cli.main(["run", str(path), "--run-dir", str(source_dir)]) == 0
+    source = keras.saving.load_model(str(source_dir / "model.keras"))
+
+    raw = _named_tiny()
+    raw["name"] = "target"
+    raw["init_from"] = {"path": str(source_dir), "layers": ["hidden"]}
+    path = _write(tmp_path, "target.yaml", yaml.safe_dump(raw))
+    seen = {}
+    original = keras.Model.fit
+
+    def spy(self, *args, **kwargs):
+        seen.setdefault("hidden", [w.copy() for w in self.get_layer("hidden").get_weights()])
+        seen.setdefault("out", [w.copy() for w in self.get_layer("out").get_weights()])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    assert cli.main(["run", str(path), "--run-dir", str(tmp_path / "target")]) == 0
+    # Before training: "hidden" holds the source's weights, "out" does not.
+    for got, want in zip(seen["hidden"], source.get_layer("hidden").get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert not np.allclose(seen["out"][0], source.get_layer("out").get_weights()[0])
+
+
+@pytest.mark.parametrize("change, message, where", [
+    ({"path": "nowhere"}, "no trained model at nowhere: expected the directory", "init_from.path"),
+    ({"layers": ["hiden"]}, "has no layer 'hiden'; its layers: ", "init_from.layers[0]"),
+    ({"units": 8}, "has weights of shapes", "init_from.layers[0]"),
+])
+def test_bad_init_from_is_a_recipe_error_and_writes_nothing(tmp_path, capsys, monkeypatch,
+                                                            change, message, where):
+    source_dir = tmp_path / "source"
+    path = _write(tmp_path, "source.yaml", yaml.safe_dump(_named_tiny()))
+    assert cli.main(["run", str(path), "--run-dir", str(source_dir)]) == 0
+    capsys.readouterr()
+    raw = _named_tiny(units=change.get("units", 16))
+    raw["name"] = "target"
+    raw["init_from"] = {"path": change.get("path", str(source_dir)),
+                        "layers": change.get("layers", ["hidden"])}
+    path = _write(tmp_path, "target.yaml", yaml.safe_dump(raw))
+    run_dir = tmp_path / "target"
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and where in err and "Traceback" not in err
+    assert not run_dir.exists()
