@@ -149,7 +149,7 @@ def cmd_report(args):
     if len(results) == 1:
         out.print(report.table(results[0]))
     else:
-        out.print(report.compare_table(results))
+        out.print(report.compare_table(results, args.run_dirs))
     return 0
 
 

@@ -159,3 +159,21 @@ def test_recipe_backend_key_chooses_the_backend(tmp_path):
     done = _probe(["show", str(path)], keras.backend.backend())
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"BACKEND {OTHER_BACKEND}"
+
+
+def test_report_labels_tell_runs_of_one_recipe_apart():
+    from deepkit.recipe.report import run_labels
+
+    def results(name, *overrides):
+        command = ["deepkit", "run", name]
+        for o in overrides:
+            command += ["--set", o]
+        return {"name": name, "env": {"command": command}}
+
+    runs = [results("gated", "fit.epochs=3"),
+            results("gated", "fit.epochs=3", "model.M.gate=noisy_rectifier", "model.M.w=1e-5"),
+            results("other", "fit.epochs=3")]
+    labels = run_labels(runs, ["runs/a", "runs/b", "runs/c"])
+    # The shared override is left out; the differing ones are shortened.
+    assert labels == ["gated (a)", "gated (b)\ngate=noisy_rectifier\nw=1e-5", "other"]
+    assert run_labels(runs[:1] + runs[2:]) == ["gated", "other"]

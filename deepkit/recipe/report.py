@@ -91,13 +91,50 @@ def load_results(run_dir):
     return json.loads(path.read_text())
 
 
-def compare_table(results_list):
-    """Several runs side by side: metric | run 1 | run 2 | ... | paper."""
+def _overrides(results):
+    """The `--set` overrides of a run's command, as a list of strings."""
+    command = (results.get("env") or {}).get("command") or []
+    return [command[i + 1] for i, arg in enumerate(command[:-1]) if arg == "--set"]
+
+
+def _short(override):
+    """`model.X.gate=noisy_rectifier` -> `gate=noisy_rectifier`."""
+    key, _, value = override.partition("=")
+    return f"{key.rsplit('.', 1)[-1]}={value}"
+
+
+def run_labels(results_list, run_dirs=None):
+    """Column labels: the recipe name, and what tells runs of one recipe apart.
+
+    Runs of the same recipe get their run directory's name and the `--set`
+    overrides that not all of them share.
+    """
+    names = [r["name"] for r in results_list]
+    overrides = [_overrides(r) for r in results_list]
+    shared = set.intersection(*map(set, overrides)) if overrides else set()
+    labels = []
+    for i, r in enumerate(results_list):
+        label = r["name"]
+        if names.count(label) > 1:
+            if run_dirs is not None:
+                label += f" ({Path(run_dirs[i]).name})"
+            label += "".join(f"\n{_short(o)}" for o in overrides[i] if o not in shared)
+        labels.append(label)
+    return labels
+
+
+def compare_table(results_list, run_dirs=None):
+    """Several runs side by side: metric | run 1 | run 2 | ... | paper.
+
+    Args:
+        results_list: the runs' results dicts.
+        run_dirs: their run directories (to tell runs of one recipe apart).
+    """
     t = Table(title="runs side by side")
     t.add_column("metric")
-    for r in results_list:
+    for r, label in zip(results_list, run_labels(results_list, run_dirs)):
         env = r.get("env", {})
-        t.add_column(f"{r['name']}\n{env.get('backend', '')}, {r.get('wall_time_s', 0):.0f} s",
+        t.add_column(f"{label}\n{env.get('backend', '')}, {r.get('wall_time_s', 0):.0f} s",
                      justify="right")
     t.add_column("paper", justify="right")
     keys, papers = [], {}
