@@ -11,7 +11,6 @@ ExactBackupAndRestore writes a checkpoint every epoch), and
     DEEPKIT_DATA=../shared/data python benchmarks/recipe_overhead.py
 """
 
-import importlib
 import os
 import tempfile
 import time
@@ -21,15 +20,14 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras  # noqa: E402
 
 from deepkit.callbacks import ExactBackupAndRestore, RichProgressBar, StopOnNaN  # noqa: E402
-from deepkit.recipe import names, runner  # noqa: E402
+from deepkit.recipe import load, names, runner  # noqa: E402
 
-load = importlib.import_module("deepkit.recipe.load")
 RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes",
                       "maxout_mnist_pi.yaml")
 
 
 def main():
-    recipe = load.load(RECIPE)
+    recipe = load(RECIPE)
     splits = runner.load_splits(recipe)
     train, valid = splits["train"], splits["valid"]
 

@@ -24,6 +24,7 @@ import keras
 from keras import ops
 
 from deepkit.export import export
+from deepkit.layers.weight_noise import check_weight_noise, with_weight_noise
 
 _LEAKY_LEARNED = "learned"
 
@@ -121,11 +122,7 @@ class DeepTransitionCell(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(weight_noise, bool) or not isinstance(weight_noise, (int, float)) \
-                or weight_noise < 0:
-            raise ValueError(
-                f"weight_noise must be a non-negative number, got {weight_noise!r}"
-            )
+        weight_noise = check_weight_noise(weight_noise, "DeepTransitionCell")
         if not isinstance(units, int) or units <= 0:
             raise ValueError(f"units must be a positive integer, got {units!r}")
         transition_layers = list(transition_layers or [])
@@ -163,7 +160,7 @@ class DeepTransitionCell(keras.layers.Layer):
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.recurrent_constraint = keras.constraints.get(recurrent_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.weight_noise = float(weight_noise)
+        self.weight_noise = weight_noise
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if weight_noise else None
         # The noisy weights of the current sequence (see `noisy_weights`).
@@ -292,11 +289,7 @@ class DeepTransitionCell(keras.layers.Layer):
             return
 
         def noisy(weight):
-            noise = keras.random.normal(
-                ops.shape(weight), stddev=self.weight_noise, dtype=weight.dtype,
-                seed=self.seed_generator,
-            )
-            return ops.add(weight, noise)
+            return with_weight_noise(weight, self.weight_noise, self.seed_generator)
 
         self._noisy = {
             "kernel": noisy(self.kernel),

@@ -6,6 +6,19 @@ from keras import ops
 from deepkit.export import export
 
 
+def check_weight_noise(value, owner):
+    """`value` as a float, or a ValueError naming `owner` unless it is a number ≥ 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{owner}: weight_noise must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def with_weight_noise(weight, stddev, seed_generator):
+    """`weight` plus one sample of Gaussian noise of standard deviation `stddev`."""
+    return ops.add(weight, keras.random.normal(
+        ops.shape(weight), stddev=stddev, dtype=weight.dtype, seed=seed_generator))
+
+
 @export
 class NoisyDense(keras.layers.Dense):
     """`Dense` whose kernel carries Gaussian noise in training.
@@ -40,23 +53,16 @@ class NoisyDense(keras.layers.Dense):
     """
 
     def __init__(self, units, weight_noise=0.0, seed=None, **kwargs):
-        if isinstance(weight_noise, bool) or not isinstance(weight_noise, (int, float)) \
-                or weight_noise < 0:
-            raise ValueError(
-                f"NoisyDense: weight_noise must be a non-negative number, got {weight_noise!r}"
-            )
+        weight_noise = check_weight_noise(weight_noise, "NoisyDense")
         super().__init__(units, **kwargs)
-        self.weight_noise = float(weight_noise)
+        self.weight_noise = weight_noise
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if weight_noise else None
 
     def call(self, inputs, training=None):
         if not (training and self.weight_noise):
             return super().call(inputs, training=training)
-        kernel = self.kernel
-        kernel = ops.add(kernel, keras.random.normal(
-            ops.shape(kernel), stddev=self.weight_noise, dtype=kernel.dtype,
-            seed=self.seed_generator))
+        kernel = with_weight_noise(self.kernel, self.weight_noise, self.seed_generator)
         outputs = ops.matmul(inputs, ops.cast(kernel, inputs.dtype))
         if self.bias is not None:
             outputs = ops.add(outputs, ops.cast(self.bias, outputs.dtype))
