@@ -1,4 +1,5 @@
 """deepkit.callbacks."""
+from deepkit.callbacks.anneal import AnnealOnPlateau
 from deepkit.callbacks.backup import ExactBackupAndRestore
 from deepkit.callbacks.nan_guard import StopOnNaN
 from deepkit.callbacks.rich_progress import RichProgressBar

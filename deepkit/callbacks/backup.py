@@ -15,6 +15,50 @@ def _finite(logs):
     return value is None or bool(np.isfinite(value))
 
 
+def _plain(value):
+    """A JSON-able copy of a callback's monitored value (numpy scalars -> float)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return float(value)
+
+
+def keeps_state(callback):
+    """Whether `callback_state` has something to keep for `callback`."""
+    return (hasattr(callback, "get_state") and hasattr(callback, "set_state")) or isinstance(
+        callback, (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau))
+
+
+def callback_state(callback):
+    """`(state, arrays)` of a callback whose progress a resumed run needs.
+
+    deepkit callbacks with `get_state()` return their own; Keras'
+    `EarlyStopping` and `ReduceLROnPlateau` keep theirs in attributes, read
+    here. Returns None for a callback without state to keep.
+    """
+    if hasattr(callback, "get_state") and hasattr(callback, "set_state"):
+        return callback.get_state()
+    if isinstance(callback, keras.callbacks.EarlyStopping):
+        state = {"wait": callback.wait, "stopped_epoch": callback.stopped_epoch,
+                 "best": _plain(callback.best), "best_epoch": callback.best_epoch}
+        return state, callback.best_weights
+    if isinstance(callback, keras.callbacks.ReduceLROnPlateau):
+        state = {"wait": callback.wait, "best": _plain(callback.best),
+                 "cooldown_counter": callback.cooldown_counter}
+        return state, None
+    return None
+
+
+def set_callback_state(callback, state, arrays):
+    """Put back what `callback_state` returned."""
+    if hasattr(callback, "get_state") and hasattr(callback, "set_state"):
+        callback.set_state(state, arrays)
+        return
+    for key, value in state.items():
+        setattr(callback, key, value)
+    if isinstance(callback, keras.callbacks.EarlyStopping):
+        callback.best_weights = None if arrays is None else [np.asarray(a) for a in arrays]
+
+
 def epoch_seed_state(seed, epoch, index):
     """The 31-bit seed that random-state variable `index` gets at `epoch`."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0] & 0x7FFFFFFF)
@@ -37,12 +81,19 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
       metadata that names it, each through `os.replace`), so a kill during a
       write leaves the previous checkpoint intact;
     - skips the checkpoint of an epoch whose loss is not finite, so the last
-      good checkpoint is kept when training diverges.
+      good checkpoint is kept when training diverges;
+    - keeps the progress of the `callbacks` it is given (`EarlyStopping`,
+      `ReduceLROnPlateau`, `AnnealOnPlateau` and any callback with
+      `get_state()` / `set_state(state, arrays)`) in the same checkpoint, and
+      whether the epoch stopped training, so early stopping and plateau
+      rules resume where they were. Put it *after* those callbacks in the
+      `fit` list, so that it saves each epoch once they have acted on it.
 
     Args:
         backup_dir: folder of the checkpoint.
         seed: the run's seed, from which each epoch's random state derives.
         data: optional training data with a `set_epoch(epoch)` method.
+        callbacks: the other callbacks of the `fit` call whose state to keep.
         delete_checkpoint: delete the checkpoint when training ends.
 
     Example:
@@ -55,11 +106,13 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
     Reference: the behaviour of `keras.callbacks.BackupAndRestore`, extended.
     """
 
-    def __init__(self, backup_dir, seed=0, data=None, delete_checkpoint=False):
+    def __init__(self, backup_dir, seed=0, data=None, callbacks=(), delete_checkpoint=False):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=delete_checkpoint)
         self.seed = int(seed)
         self.data = data
+        self.callbacks = [c for c in callbacks if keeps_state(c)]
         self.restored_epoch = 0
+        self._pending_states = None
 
     def get_config(self):
         return {"backup_dir": self.backup_dir, "seed": self.seed,
@@ -67,6 +120,11 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     # -- random state -------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
+        if self._pending_states is not None:
+            # Again, in case a callback placed after this one reset itself in
+            # its on_train_begin.
+            self._apply_states(self._pending_states)
+            self._pending_states = None
         if self.data is not None and hasattr(self.data, "set_epoch"):
             self.data.set_epoch(epoch)
         index = 0
@@ -94,13 +152,52 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         tmp = folder / f"tmp-{name}"
         self.model.save_weights(str(tmp), overwrite=True)
         os.replace(tmp, folder / name)
+        meta = {"epoch": self._current_epoch, "batch": 0, "weights": name}
+        keep = {name}
+        if self.callbacks:
+            states, arrays = [], {}
+            for i, callback in enumerate(self.callbacks):
+                state, weights = callback_state(callback)
+                states.append(state)
+                for j, array in enumerate(weights or ()):
+                    arrays[f"c{i}_{j:04d}"] = np.asarray(array)
+            meta["callbacks"] = states
+            meta["stop_training"] = bool(self.model.stop_training)
+            if arrays:
+                arrays_name = f"epoch-{self._current_epoch:05d}.callbacks.npz"
+                tmp = folder / f"tmp-{arrays_name}"
+                with open(tmp, "wb") as f:
+                    np.savez(f, **arrays)
+                os.replace(tmp, folder / arrays_name)
+                meta["callback_arrays"] = arrays_name
+                keep.add(arrays_name)
         meta_tmp = folder / "training_metadata.json.tmp"
-        meta_tmp.write_text(json.dumps({"epoch": self._current_epoch, "batch": 0,
-                                        "weights": name}))
+        meta_tmp.write_text(json.dumps(meta))
         os.replace(meta_tmp, self._training_metadata_path)
-        for old in folder.glob("*.weights.h5"):
-            if old.name != name:
+        for old in list(folder.glob("*.weights.h5")) + list(folder.glob("*.callbacks.npz")):
+            if old.name not in keep:
                 old.unlink(missing_ok=True)
+
+    def _read_states(self, meta):
+        states = meta.get("callbacks")
+        if states is None or not self.callbacks:
+            return None
+        if len(states) != len(self.callbacks):
+            raise ValueError(
+                f"ExactBackupAndRestore: the checkpoint in {self.backup_dir} keeps the state "
+                f"of {len(states)} callbacks, this fit has {len(self.callbacks)}; resume with "
+                "the same callbacks")
+        arrays = [None] * len(states)
+        if "callback_arrays" in meta:
+            with np.load(Path(self.backup_dir) / meta["callback_arrays"]) as stored:
+                for i in range(len(states)):
+                    keys = sorted(k for k in stored.files if k.startswith(f"c{i}_"))
+                    arrays[i] = [stored[k] for k in keys] if keys else None
+        return list(zip(states, arrays))
+
+    def _apply_states(self, pending):
+        for callback, (state, arrays) in zip(self.callbacks, pending):
+            set_callback_state(callback, state, arrays)
 
     def _load_model(self):
         meta = self._metadata()
@@ -114,6 +211,14 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model._initial_epoch = meta["epoch"]  # what BackupAndRestore sets too
         self._current_epoch = meta["epoch"]
         self.restored_epoch = meta["epoch"]
+        pending = self._read_states(meta)
+        if pending is not None:
+            self._apply_states(pending)
+            self._pending_states = pending
+        if meta.get("stop_training"):
+            # The checkpointed epoch ended the training (early stopping, a
+            # plateau rule, a time limit): no epoch is left to run.
+            self.model._initial_epoch = max(meta["epoch"], self.params.get("epochs", 0))
 
     def on_train_begin(self, logs=None):
         self._load_model()

@@ -353,7 +353,8 @@ class Runner:
         stage_seed = recipe.seed + 7919 * index
         data = EpochShuffledArrays(train, recipe.data.batch_size, stage_seed, recipe.fit.shuffle)
         guard = StopOnNaN()
-        backup = ExactBackupAndRestore(str(ckpt / f"stage-{index}"), seed=stage_seed, data=data)
+        backup = ExactBackupAndRestore(str(ckpt / f"stage-{index}"), seed=stage_seed, data=data,
+                                       callbacks=user_callbacks)
         history_path = self._history_path(stage)
         clock_path = self.run_dir / "checkpoints" / f"stage-{index}-time.json"
         spent = json.loads(clock_path.read_text())["seconds"] if clock_path.exists() else 0.0
@@ -363,13 +364,18 @@ class Runner:
             if (self.run_dir / "checkpoints").exists():
                 _atomic_write(clock_path, json.dumps({"seconds": spent + time.perf_counter() - start}))
 
+        # The backup saves each epoch after the callbacks that act on it (a
+        # plateau rule, early stopping), so their decisions are part of the
+        # checkpoint, and after the history row and the clock, so a kill
+        # between the two can only repeat a row (which is de-duplicated),
+        # never lose one.
         callbacks = [
             guard,
-            backup,
             *([ResetStates()] if stateful_layers(model) else []),
             *user_callbacks,
             keras.callbacks.CSVLogger(str(history_path), append=True),
             keras.callbacks.LambdaCallback(on_epoch_end=save_clock),
+            backup,
             RichProgressBar(batch_size=recipe.data.batch_size, console=self.console),
         ]
         fit_kwargs = dict(recipe.fit.options)

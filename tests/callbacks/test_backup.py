@@ -167,3 +167,71 @@ def test_config_round_trip(tmp_path):
     config = callback.get_config()
     assert config == {"backup_dir": str(tmp_path / "ckpt"), "seed": 3, "delete_checkpoint": True}
     assert ExactBackupAndRestore(**config).get_config() == config
+
+
+# -- the state of plateau rules and early stopping is part of the checkpoint --
+
+def _train_with(folder, make_callbacks, interrupt=None, model_seed=SEED, epochs=8, lr=0.3):
+    """Like `_train`, with validation data and the callbacks `make_callbacks()`
+    returns placed before the backup; returns (weights, learning rates, callbacks)."""
+    x, y = _data()
+    data = EpochShuffledArrays((x[:180], y[:180]), batch_size=30, seed=SEED, shuffle=True)
+    model = _model(model_seed)
+    model.optimizer.learning_rate = lr
+    watched = make_callbacks()
+    backup = ExactBackupAndRestore(str(folder), seed=SEED, data=data, callbacks=watched)
+    callbacks = watched + [backup] + ([InterruptAt(*interrupt)] if interrupt else [])
+    history = model.fit(data, validation_data=(x[180:], y[180:]), epochs=epochs, shuffle=False,
+                        verbose=0, callbacks=callbacks)
+    return model.get_weights(), history.history.get("learning_rate", []), watched
+
+
+def _plateau_callbacks():
+    from deepkit.callbacks import AnnealOnPlateau
+    return [AnnealOnPlateau("val_loss", patience=1, tolerance=0.0, min_lr=1e-4)]
+
+
+def _keras_callbacks():
+    return [keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=1),
+            keras.callbacks.EarlyStopping("val_loss", patience=3, restore_best_weights=True)]
+
+
+@pytest.mark.parametrize("make", [_plateau_callbacks, _keras_callbacks],
+                         ids=["AnnealOnPlateau", "ReduceLROnPlateau+EarlyStopping"])
+def test_resumed_fit_takes_the_same_plateau_decisions(tmp_path, make):
+    weights, rates, watched = _train_with(tmp_path / "a", make)
+    assert min(rates) < 0.3  # the rule acted
+    with pytest.raises(Interrupt):
+        _train_with(tmp_path / "b", make, interrupt=(4, 2))
+    meta = _meta(tmp_path / "b")
+    assert meta["epoch"] == 4 and len(meta["callbacks"]) == len(watched)
+    resumed_weights, resumed_rates, resumed = _train_with(tmp_path / "b", make,
+                                                          model_seed=SEED + 1)
+    assert resumed_rates == rates[4:len(rates)]
+    for a, b in zip(resumed_weights, weights):
+        np.testing.assert_array_equal(a, b)
+    for before, after in zip(watched, resumed):
+        assert after.best == before.best and after.wait == before.wait
+
+
+def test_a_run_that_stopped_early_does_not_train_again_on_resume(tmp_path):
+    def make():
+        return [keras.callbacks.EarlyStopping("val_loss", patience=1, restore_best_weights=True)]
+
+    weights, _, (stopper,) = _train_with(tmp_path, make, epochs=30, lr=0.5)
+    assert 0 < stopper.stopped_epoch < 29
+    meta = _meta(tmp_path)
+    assert meta["stop_training"] is True and meta["epoch"] == stopper.stopped_epoch + 1
+    assert meta["callback_arrays"] in _files(tmp_path)  # the best weights
+    # as if killed after the last checkpoint: the same command runs no epoch
+    # and ends with the same (best) weights
+    again, rates, (resumed,) = _train_with(tmp_path, make, epochs=30, lr=0.5, model_seed=SEED + 1)
+    assert rates == [] and resumed.best_epoch == stopper.best_epoch
+    for a, b in zip(again, weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resuming_with_other_callbacks_is_an_error(tmp_path):
+    _train_with(tmp_path, _keras_callbacks, epochs=2)
+    with pytest.raises(ValueError, match="keeps the state of 2 callbacks, this fit has 1"):
+        _train_with(tmp_path, _plateau_callbacks, epochs=3)
