@@ -5,11 +5,12 @@ import math
 import keras
 import numpy as np
 
+from deepkit.callbacks._config import FromConfig
 from deepkit.export import export
 
 
 @export
-class AnnealOnPlateau(keras.callbacks.Callback):
+class AnnealOnPlateau(FromConfig, keras.callbacks.Callback):
     """GroundHog's annealing rule: on a plateau, halve the rate and go back.
 
     After every epoch the monitored value is compared with the best so far:
@@ -97,10 +98,6 @@ class AnnealOnPlateau(keras.callbacks.Callback):
         return {"monitor": self.monitor, "mode": self.mode, "factor": self.factor,
                 "patience": self.patience, "tolerance": self.tolerance, "min_lr": self.min_lr,
                 "restore_best_weights": self.restore_best_weights, "verbose": self.verbose}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
     # -- state, for exact resumption -----------------------------------------
     def get_state(self):

@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from deepkit.callbacks._config import FromConfig
 from deepkit.export import export
 
 
@@ -65,7 +66,7 @@ def epoch_seed_state(seed, epoch, index):
 
 
 @export
-class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
+class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` whose resumed runs end exactly as uninterrupted ones.
 
     Keras' `BackupAndRestore` restores weights, optimizer state and the epoch,

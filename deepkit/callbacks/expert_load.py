@@ -6,6 +6,7 @@ import os
 import keras
 import numpy as np
 
+from deepkit.callbacks._config import FromConfig
 from deepkit.export import export
 
 
@@ -17,7 +18,7 @@ def _gated_experts_layers(model):
 
 
 @export
-class ExpertLoad(keras.callbacks.Callback):
+class ExpertLoad(FromConfig, keras.callbacks.Callback):
     """Write the expert load, dropped fraction and router entropy of each epoch.
 
     `GatedExperts` layers sum their routing statistics over training calls in

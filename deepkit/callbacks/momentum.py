@@ -4,6 +4,7 @@ import numbers
 
 import keras
 
+from deepkit.callbacks._config import FromConfig
 from deepkit.export import export
 
 
@@ -24,7 +25,7 @@ def _check_epochs(name, value):
 
 
 @export
-class MomentumSchedule(keras.callbacks.Callback):
+class MomentumSchedule(FromConfig, keras.callbacks.Callback):
     """Sets the optimizer's momentum at the start of each epoch, rising (or
     falling) linearly from `start` to `end` over `epochs` epochs.
 
@@ -137,7 +138,3 @@ class MomentumSchedule(keras.callbacks.Callback):
             "epochs": self.epochs,
             "start_epoch": self.start_epoch,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

@@ -3,11 +3,12 @@
 import keras
 import numpy as np
 
+from deepkit.callbacks._config import FromConfig
 from deepkit.export import export
 
 
 @export
-class StopOnNaN(keras.callbacks.Callback):
+class StopOnNaN(FromConfig, keras.callbacks.Callback):
     """Stop `fit` at the first batch whose loss is NaN or infinite.
 
     Unlike `keras.callbacks.TerminateOnNaN`, it remembers where it happened

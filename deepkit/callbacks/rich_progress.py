@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from deepkit.callbacks._config import FromConfig
 from deepkit.export import export
 
 
@@ -26,7 +27,7 @@ def format_logs(logs, keys=None):
 
 
 @export
-class RichProgressBar(keras.callbacks.Callback):
+class RichProgressBar(FromConfig, keras.callbacks.Callback):
     """Epoch and batch progress, metrics, throughput and ETA, drawn with rich.
 
     Use it instead of Keras' progress bar: `fit(..., verbose=0,

@@ -3,11 +3,12 @@
 import keras
 import numpy as np
 
+from deepkit.callbacks._config import FromConfig
 from deepkit.export import export
 
 
 @export
-class StopAtTarget(keras.callbacks.Callback):
+class StopAtTarget(FromConfig, keras.callbacks.Callback):
     """Stop `fit` at the end of the first epoch where `monitor` reaches `target`.
 
     The second stage of the maxout paper's protocol trains on training plus

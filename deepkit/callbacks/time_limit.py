@@ -4,11 +4,12 @@ import time
 
 import keras
 
+from deepkit.callbacks._config import FromConfig
 from deepkit.export import export
 
 
 @export
-class TimeLimit(keras.callbacks.Callback):
+class TimeLimit(FromConfig, keras.callbacks.Callback):
     """Stop `fit` at the end of the last epoch that fits in `minutes`.
 
     After each epoch it predicts the end of the next one from the longest

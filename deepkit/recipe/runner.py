@@ -25,8 +25,8 @@ from rich.console import Console
 
 import deepkit
 from deepkit import datasets
-from deepkit.callbacks import (ExactBackupAndRestore, RichProgressBar, StopAtTarget, StopOnNaN,
-                               TimeLimit)
+from deepkit.callbacks import (AnnealOnPlateau, ExactBackupAndRestore, RichProgressBar,
+                               StopAtTarget, StopOnNaN, TimeLimit)
 from deepkit.recipe import names, report
 from deepkit.recipe.errors import RecipeError
 from deepkit.recipe.load import dump
@@ -247,12 +247,13 @@ def _dedupe_history(path):
 
 
 def _best_train_loss(history, callbacks):
-    """The training loss at the best epoch by the stage's EarlyStopping monitor."""
+    """The training loss at the best epoch by the monitor of the stage's
+    EarlyStopping (or AnnealOnPlateau, which also ends at its best epoch)."""
     if not history:
         raise RecipeError("the previous stage has no history to take its training loss from")
     monitor, mode = None, "min"
     for cb in callbacks:
-        if isinstance(cb, keras.callbacks.EarlyStopping):
+        if isinstance(cb, (keras.callbacks.EarlyStopping, AnnealOnPlateau)):
             monitor = cb.monitor
             mode = cb.mode if cb.mode in ("min", "max") else ("max" if "acc" in monitor else "min")
     if monitor is None or monitor not in history[0]:
