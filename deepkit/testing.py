@@ -197,3 +197,76 @@ def _symbolic_inputs(data):
     if isinstance(data, (list, tuple)):
         return [keras.Input(shape=np.shape(d)[1:], dtype=str(np.asarray(d).dtype)) for d in data]
     return keras.Input(shape=np.shape(data)[1:], dtype=str(np.asarray(data).dtype))
+
+
+def weight_gradients(layer, x, loss_fn, training=None, return_output=False):
+    """Gradients of ``loss_fn(layer(x))`` for ``layer.trainable_variables``.
+
+    Uses the backend's own autodiff (TensorFlow's `GradientTape`, or
+    `jax.grad` of the layer's `stateless_call`), so a test can compare a
+    layer's gradients with numbers worked out by hand. `loss_fn` maps the
+    layer's output to a scalar with `keras.ops`. Builds the layer on `x`
+    if needed.
+
+    Returns:
+        The gradients as numpy arrays, in the order of
+        ``layer.trainable_variables``; with ``return_output=True``,
+        ``(gradients, output)``.
+    """
+    if not layer.built:
+        layer(x)
+    kwargs = {} if training is None else {"training": training}
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            output = layer(x, **kwargs)
+            value = loss_fn(output)
+        grads = tape.gradient(value, layer.trainable_variables)
+        grads = [np.asarray(tf.convert_to_tensor(g)) for g in grads]
+    elif backend == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+
+        def loss(values):
+            out, _ = layer.stateless_call(values, non_trainable, x, **kwargs)
+            return loss_fn(out), out
+
+        raw, output = jax.grad(loss, has_aux=True)(trainable)
+        grads = [np.asarray(g) for g in raw]
+    else:
+        raise NotImplementedError(f"weight_gradients: no autodiff helper for backend {backend!r}")
+    return (grads, _numpy(output)) if return_output else grads
+
+
+def input_gradient(fn, x, has_aux=False):
+    """``d fn(x) / dx`` for a scalar `fn` written with `keras.ops`.
+
+    With ``has_aux=True``, `fn` returns ``(scalar, aux)`` and the result is
+    ``(gradient, aux)``. A gradient that does not reach `x` is zeros. Numpy
+    arrays out, the backend's own autodiff inside.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            result = fn(x)
+        value, aux = result if has_aux else (result, None)
+        grad = tape.gradient(value, x)
+        grad = (np.zeros(x.shape, x.dtype.as_numpy_dtype) if grad is None
+                else np.asarray(tf.convert_to_tensor(grad)))  # IndexedSlices from a gather
+    elif backend == "jax":
+        import jax
+
+        result = jax.grad(fn, has_aux=has_aux)(keras.ops.convert_to_tensor(x))
+        grad, aux = result if has_aux else (result, None)
+        grad = np.asarray(grad)
+    else:
+        raise NotImplementedError(f"input_gradient: no autodiff helper for backend {backend!r}")
+    return (grad, _numpy(aux)) if has_aux else grad

@@ -12,31 +12,7 @@ import numpy as np
 from keras import ops
 
 from deepkit.layers import GatedExperts, routing
-from deepkit.testing import TestCase
-
-
-def weight_gradients(layer, x, loss_fn, training=True):
-    """Gradients of loss_fn(layer(x)) for layer.trainable_variables."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            value = loss_fn(layer(x, training=training))
-        grads = tape.gradient(value, layer.trainable_variables)
-        return [np.asarray(tf.convert_to_tensor(g)) for g in grads]
-    if backend == "jax":
-        import jax
-
-        trainable = [v.value for v in layer.trainable_variables]
-        non_trainable = [v.value for v in layer.non_trainable_variables]
-
-        def fn(trainable):
-            y, _ = layer.stateless_call(trainable, non_trainable, x, training=training)
-            return loss_fn(y)
-
-        return [np.asarray(g) for g in jax.grad(fn)(trainable)]
-    raise NotImplementedError(backend)
+from deepkit.testing import TestCase, weight_gradients
 
 
 def numpy_weights(layer):
@@ -261,7 +237,7 @@ class NumericsTest(TestCase):
             np.array([[4.0, -4.0, 0, 0], [0, 0, 0, 0], [0, 0, -20.0, -20.0]], "float32")
         )
         x = np.array([[1.0, 0.5, 1], [-1.0, 2, 1], [2.0, 1, 1], [-0.5, 0, 1]], "float32")
-        grads = weight_gradients(layer, x, lambda y: ops.sum(ops.square(y)))
+        grads = weight_gradients(layer, x, lambda y: ops.sum(ops.square(y)), training=True)
         names = [v.path.split("/")[-1] for v in layer.trainable_variables]
         for name, grad in zip(names, grads):
             if name.startswith("expert_"):

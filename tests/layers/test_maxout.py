@@ -5,33 +5,12 @@ import keras
 import numpy as np
 
 from deepkit.layers import Maxout, MaxoutConv2D
-from deepkit.testing import TestCase
+from deepkit.testing import TestCase, weight_gradients
 
 
 def _gradients(layer, x, upstream):
     """d sum(layer(x) * upstream) / d trainable weights, as numpy arrays."""
-    if not layer.built:
-        layer(x)
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer(x) * upstream)
-        grads = tape.gradient(loss, layer.trainable_variables)
-        return [np.asarray(tf.convert_to_tensor(g)) for g in grads]
-    if backend == "jax":
-        import jax
-
-        trainable = [v.value for v in layer.trainable_variables]
-        non_trainable = [v.value for v in layer.non_trainable_variables]
-
-        def loss(values):
-            out, _ = layer.stateless_call(values, non_trainable, x)
-            return jax.numpy.sum(out * upstream)
-
-        return [np.asarray(g) for g in jax.grad(loss)(trainable)]
-    raise NotImplementedError(f"no gradient helper for backend {backend!r}")
+    return weight_gradients(layer, x, lambda y: keras.ops.sum(y * upstream))
 
 
 def _pools(units, pieces, pool_stride):

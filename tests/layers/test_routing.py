@@ -8,24 +8,7 @@ from keras import ops
 
 from deepkit.layers import routing
 from deepkit.testing import TestCase
-
-
-def gradient(fn, x):
-    """d fn(x) / dx for a scalar fn, with the backend's own autodiff."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.convert_to_tensor(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = fn(x)
-        return tf.convert_to_tensor(tape.gradient(value, x)).numpy()
-    if backend == "jax":
-        import jax
-
-        return np.asarray(jax.grad(fn)(ops.convert_to_tensor(x)))
-    raise NotImplementedError(backend)
+from deepkit.testing import input_gradient as gradient
 
 
 def np_softmax(x):

@@ -4,34 +4,15 @@ import keras
 import numpy as np
 
 from deepkit.layers import NoisyDense
-from deepkit.testing import TestCase
+from deepkit.testing import TestCase, weight_gradients
 
 
 def _output_and_gradient(layer, x):
     """(y, d |y|^2/2 / d kernel) of one training call, as numpy arrays."""
     layer.build(x.shape)
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            y = layer(x, training=True)
-            loss = 0.5 * tf.reduce_sum(y * y)
-        grad = tape.gradient(loss, layer.kernel)
-        return np.asarray(y), np.asarray(tf.convert_to_tensor(grad))
-    if backend == "jax":
-        import jax
-
-        trainable = [v.value for v in layer.trainable_variables]
-        non_trainable = [v.value for v in layer.non_trainable_variables]
-
-        def loss(values):
-            y, _ = layer.stateless_call(values, non_trainable, x, training=True)
-            return 0.5 * jax.numpy.sum(y * y), y
-
-        grads, y = jax.grad(loss, has_aux=True)(trainable)
-        return np.asarray(y), np.asarray(grads[0])
-    raise NotImplementedError(f"no gradient helper for backend {backend!r}")
+    grads, y = weight_gradients(layer, x, lambda y: 0.5 * keras.ops.sum(y * y), training=True,
+                                return_output=True)
+    return y, grads[0]
 
 
 class NoisyDenseTest(TestCase):
