@@ -175,7 +175,7 @@ def test_run_directory_of_another_recipe_is_refused(finished_run, capsys, no_fit
 KILL = """\
 name: killtest
 seed: 3
-data: {dataset: mnist_sample, flatten: true, limit: 600, batch_size: 50}
+data: {dataset: mnist_sample, flatten: true, limit: 600, validation: 100, batch_size: 50}
 model:
   sequential:
     - Dense: {units: 32, activation: relu}
@@ -189,6 +189,8 @@ fit:
   epochs: 4
   shuffle: true
   callbacks:
+    # its state (best value, best weights) must come back on resume
+    - AnnealOnPlateau: {monitor: val_loss, patience: 1, tolerance: 0.0}
     - KillAt: {epoch: 2, batch: 3}
 evaluate: {splits: [test]}
 """
@@ -234,8 +236,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert [int(r["epoch"]) for r in killed_history] == [0, 1]
     meta = json.loads((resumed / "checkpoints/stage-0/training_metadata.json").read_text())
     assert meta["epoch"] == 2
-    assert sorted(p.name for p in (resumed / "checkpoints/stage-0").iterdir()) == [
-        meta["weights"], "training_metadata.json"]
+    assert sorted(p.name for p in (resumed / "checkpoints/stage-0").iterdir()) == sorted([
+        meta["callback_arrays"], meta["weights"], "training_metadata.json"])
+    assert meta["callbacks"][0]["best_epoch"] in (0, 1)
     assert not (resumed / "results.json").exists() and not (resumed / "model.keras").exists()
 
     # run 2: the same command in the same run directory, without the kill
