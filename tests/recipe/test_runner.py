@@ -189,7 +189,8 @@ fit:
   epochs: 4
   shuffle: true
   callbacks:
-    # its state (best value, best weights) must come back on resume
+    # its state is checkpointed with the weights (that the state changes the
+    # resumed decisions is tested in tests/callbacks/test_backup.py)
     - AnnealOnPlateau: {monitor: val_loss, patience: 1, tolerance: 0.0}
     - KillAt: {epoch: 2, batch: 3}
 evaluate: {splits: [test]}
