@@ -177,3 +177,26 @@ def test_report_labels_tell_runs_of_one_recipe_apart():
     # The shared override is left out; the differing ones are shortened.
     assert labels == ["gated (a)", "gated (b)\ngate=noisy_rectifier\nw=1e-5", "other"]
     assert run_labels(runs[:1] + runs[2:]) == ["gated", "other"]
+
+
+def test_report_gives_each_recipe_its_own_paper_number():
+    from rich.console import Console
+
+    from deepkit.recipe.report import compare_table
+
+    def results(name, metric, paper):
+        return {"name": name, "metrics": {"test_nll": metric},
+                "reference": {"source": "x", "test_nll": paper}, "env": {"backend": "jax"}}
+
+    def render(runs):
+        console = Console(width=200, record=True)
+        console.print(compare_table(runs))
+        return [" ".join(line.replace("│", " ").split()) for line in console.export_text().splitlines()]
+
+    # different papers: a "<metric>, paper" row with each run's own number
+    lines = render([results("rnn", 8.3, 8.338), results("dot", 8.432, 8.44)])
+    assert "test_nll 8.3 8.432" in lines and "test_nll, paper 8.338 8.44" in lines
+    assert not any("┃ paper" in line for line in lines)
+    # one paper: one paper column
+    lines = render([results("dot", 8.432, 8.44), results("dot", 8.469, 8.44)])
+    assert "test_nll 8.432 8.469 8.44" in lines

@@ -118,7 +118,8 @@ def run_labels(results_list, run_dirs=None):
         if names.count(label) > 1:
             if run_dirs is not None:
                 label += f" ({Path(run_dirs[i]).name})"
-            label += "".join(f"\n{_short(o)}" for o in overrides[i] if o not in shared)
+            shown = dict.fromkeys(_short(o) for o in overrides[i] if o not in shared)
+            label += "".join(f"\n{o}" for o in shown)
         labels.append(label)
     return labels
 
@@ -126,29 +127,39 @@ def run_labels(results_list, run_dirs=None):
 def compare_table(results_list, run_dirs=None):
     """Several runs side by side: metric | run 1 | run 2 | ... | paper.
 
+    When the runs' papers give different numbers for a metric (runs of
+    different recipes), there is no single paper column: each such metric
+    gets a ``<metric>, paper`` row under it with each run's own reference.
+
     Args:
         results_list: the runs' results dicts.
         run_dirs: their run directories (to tell runs of one recipe apart).
     """
+    refs = [{k: v for k, v in (r.get("reference") or {}).items() if k not in ("source", "notes")}
+            for r in results_list]
+    keys = []
+    for ref in refs:
+        keys += [k for k in ref if k not in keys]
+    for r in results_list:
+        keys += [k for k in sorted(r["metrics"]) if k not in keys]
+    one_paper = all(len({ref[k] for ref in refs if k in ref}) <= 1 for k in keys)
+
     t = Table(title="runs side by side")
     t.add_column("metric")
     for r, label in zip(results_list, run_labels(results_list, run_dirs)):
         env = r.get("env", {})
         t.add_column(f"{label}\n{env.get('backend', '')}, {r.get('wall_time_s', 0):.0f} s",
                      justify="right")
-    t.add_column("paper", justify="right")
-    keys, papers = [], {}
-    for r in results_list:
-        ref = {k: v for k, v in (r.get("reference") or {}).items() if k not in ("source", "notes")}
-        for k, v in ref.items():
-            papers.setdefault(k, v)
-            if k not in keys:
-                keys.append(k)
-    for r in results_list:
-        for k in sorted(r["metrics"]):
-            if k not in keys:
-                keys.append(k)
+    if one_paper:
+        t.add_column("paper", justify="right")
     for k in keys:
-        t.add_row(k, *[format_value(k, r["metrics"].get(k)) for r in results_list],
-                  format_value(k, papers.get(k)))
+        values = [format_value(k, r["metrics"].get(k)) for r in results_list]
+        if one_paper:
+            paper = next((ref[k] for ref in refs if k in ref), None)
+            t.add_row(k, *values, format_value(k, paper))
+            continue
+        t.add_row(k, *values)
+        if any(k in ref for ref in refs):
+            t.add_row(f"{k}, paper", *[format_value(k, ref.get(k)) for ref in refs],
+                      style="dim")
     return t
