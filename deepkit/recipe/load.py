@@ -115,8 +115,24 @@ def set_path(raw, path, value, origin):
     return raw
 
 
+def _plain(value):
+    """Whether `value` is made only of None, str, int, float, bool, lists and dicts."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
 def parse_override(text):
-    """``"a.b[2].c=value"`` -> (path, value), the value read as a YAML scalar."""
+    """``"a.b[2].c=value"`` -> (path, value), the value read as YAML.
+
+    Scalars, and flow lists and mappings of them (``[300, 300]``,
+    ``{stddev: 0.1}``), become the values YAML gives; anything else that
+    YAML would turn into another type (a date) stays text.
+    """
     if "=" not in text:
         raise RecipeError(f"--set {text!r}: expected KEY.PATH=VALUE")
     path, value = text.split("=", 1)
@@ -124,7 +140,7 @@ def parse_override(text):
         parsed = safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
-    if isinstance(parsed, (dict, list)) or (parsed is not None and not isinstance(parsed, (str, int, float, bool))):
+    if not _plain(parsed):
         parsed = value
     return path.strip(), parsed
 

@@ -66,10 +66,13 @@ def recipe_path(tmp_path):
         ("a.b=two words", "two words"),
         ('a.b="3"', "3"),  # quoted: a string
         ("a.b=x=y", "x=y"),  # only the first = splits
-        ("a.b=[1, 2]", "[1, 2]"),  # not a scalar: kept as text
+        ("a.b=[300, 300]", [300, 300]),  # flow list
+        ("a.b={stddev: 0.1}", {"stddev": 0.1}),  # flow mapping
+        ("a.b=2026-11-27", "2026-11-27"),  # a YAML date: kept as text
+        ("a.b=[1, 2", "[1, 2"),  # not YAML: kept as text
     ],
 )
-def test_override_values_are_yaml_scalars(text, expected):
+def test_override_values_are_yaml_values(text, expected):
     path, value = parse_override(text)
     assert path == text.split("=", 1)[0]
     assert value == expected and type(value) is type(expected)
