@@ -100,8 +100,11 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
     Example:
 
     ```python
-    model.fit(x, y, epochs=10, shuffle=False,
-              callbacks=[ExactBackupAndRestore("run/backup", seed=1)])
+    stopper = keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)
+    backup = ExactBackupAndRestore("run/backup", seed=1, callbacks=[stopper])
+    # run again after a crash: it resumes, early stopping included
+    model.fit(x, y, validation_split=0.1, epochs=100, shuffle=False,
+              callbacks=[stopper, backup])
     ```
 
     Reference: the behaviour of `keras.callbacks.BackupAndRestore`, extended.
