@@ -30,8 +30,10 @@ class AnnealOnPlateau(FromConfig, keras.callbacks.Callback):
     ``divide_lr`` 2), used for the deep RNNs of Pascanu et al. 2014; Keras'
     `ReduceLROnPlateau` lowers the rate but keeps the current weights.
 
-    The optimizer's slots (momentum) are kept as they are. Its learning rate
-    must be a plain value, not a schedule. The callback's state (best value,
+    With ``reset_optimizer=True`` the optimizer's slots (momentum, Adam's
+    moments) are zeroed when it goes back, so the velocity gathered while
+    overfitting is dropped too (GroundHog's plain SGD had none); by default
+    they are kept. The learning rate must be a plain value, not a schedule. The callback's state (best value,
     count, best weights) can be saved and restored with `get_state` /
     `set_state`, which `ExactBackupAndRestore` does, so a resumed run takes
     the same decisions as an uninterrupted one.
@@ -47,6 +49,8 @@ class AnnealOnPlateau(FromConfig, keras.callbacks.Callback):
             0.0002).
         min_lr: training stops when the divided rate would be below this.
         restore_best_weights: restore the best weights when training ends.
+        reset_optimizer: zero the optimizer's slot variables when going
+            back to the best weights.
         verbose: print a line at each division.
 
     Example:
@@ -63,7 +67,8 @@ class AnnealOnPlateau(FromConfig, keras.callbacks.Callback):
     """
 
     def __init__(self, monitor="val_loss", mode="min", factor=0.5, patience=1,
-                 tolerance=2e-4, min_lr=1e-5, restore_best_weights=True, verbose=0):
+                 tolerance=2e-4, min_lr=1e-5, restore_best_weights=True, reset_optimizer=False,
+                 verbose=0):
         super().__init__()
         name = "AnnealOnPlateau"
         if mode not in ("min", "max"):
@@ -83,6 +88,7 @@ class AnnealOnPlateau(FromConfig, keras.callbacks.Callback):
         self.tolerance = float(tolerance)
         self.min_lr = float(min_lr)
         self.restore_best_weights = bool(restore_best_weights)
+        self.reset_optimizer = bool(reset_optimizer)
         self.verbose = verbose
         self._reset()
 
@@ -97,7 +103,8 @@ class AnnealOnPlateau(FromConfig, keras.callbacks.Callback):
     def get_config(self):
         return {"monitor": self.monitor, "mode": self.mode, "factor": self.factor,
                 "patience": self.patience, "tolerance": self.tolerance, "min_lr": self.min_lr,
-                "restore_best_weights": self.restore_best_weights, "verbose": self.verbose}
+                "restore_best_weights": self.restore_best_weights,
+                "reset_optimizer": self.reset_optimizer, "verbose": self.verbose}
 
     # -- state, for exact resumption -----------------------------------------
     def get_state(self):
@@ -169,10 +176,19 @@ class AnnealOnPlateau(FromConfig, keras.callbacks.Callback):
         self.divisions += 1
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
+        if self.reset_optimizer:
+            self._zero_slots()
         if self.verbose:
             keras.utils.io_utils.print_msg(
                 f"Epoch {epoch + 1}: {self.monitor} stalled; learning rate divided to "
                 f"{rate:.4g}, weights of epoch {self.best_epoch + 1} restored")
+
+    def _zero_slots(self):
+        optimizer = self.model.optimizer
+        keep = (optimizer.iterations, getattr(optimizer, "_learning_rate", None))
+        for variable in optimizer.variables:
+            if not any(variable is k for k in keep):
+                variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
 
     def on_train_end(self, logs=None):
         if self.restore_best_weights and self.best_weights is not None:

@@ -120,7 +120,7 @@ def test_in_a_fit_the_rate_drops_and_the_best_weights_come_back():
 
 def test_config_round_trip_and_state():
     callback = AnnealOnPlateau("val_frame_nll", factor=0.25, patience=3, tolerance=1e-3,
-                               min_lr=0.01, restore_best_weights=False)
+                               min_lr=0.01, restore_best_weights=False, reset_optimizer=True)
     config = callback.get_config()
     assert AnnealOnPlateau(**config).get_config() == config
     serialized = keras.saving.serialize_keras_object(callback)
@@ -134,3 +134,19 @@ def test_config_round_trip_and_state():
     other.set_state(state, arrays)
     assert other.get_state()[0] == state
     np.testing.assert_array_equal(other.best_weights[0], np.ones((2, 2)))
+
+
+def test_reset_optimizer_zeroes_the_momentum_when_going_back():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    y = rng.normal(size=(32, 2)).astype("float32")
+    for reset in (False, True):
+        model = _model(0.1)
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # momentum is non-zero now
+        callback = AnnealOnPlateau("val_loss", patience=1, tolerance=0.0, reset_optimizer=reset)
+        _drive(callback, model, [1.0, 2.0])  # epoch 1 is bad: divide and go back
+        slots = [np.asarray(v) for v in model.optimizer.variables
+                 if "momentum" in v.path]
+        assert slots and all(np.all(s == 0) for s in slots) == reset
+        assert int(np.asarray(model.optimizer.iterations)) == 4  # never reset
+        assert _lr(model) == pytest.approx(0.05)
