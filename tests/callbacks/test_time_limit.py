@@ -1,5 +1,3 @@
-import time
-
 import keras
 import numpy as np
 import pytest
@@ -13,17 +11,34 @@ def _model():
     return model
 
 
-def test_stops_at_the_last_whole_epoch_that_fits():
+class _Clock:
+    """A stand-in for the `time` module whose clock moves only when told."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_stops_at_the_last_whole_epoch_that_fits(monkeypatch):
+    from deepkit.callbacks import time_limit
+
+    clock = _Clock()  # a fake clock: the test does not depend on the machine's load
+    monkeypatch.setattr(time_limit, "time", clock)
     x = np.zeros((8, 3), "float32")
     y = np.zeros((8, 1), "float32")
-    slow = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: time.sleep(0.3))
-    limit = TimeLimit(minutes=1.5 / 60)  # 1.5 s; epochs take a bit over 0.3 s
-    history = _model().fit(x, y, epochs=100, verbose=0, callbacks=[slow, limit])
-    epochs = len(history.history["loss"])
-    # After epoch e (from 1) about 0.3 e s have passed; the next one would
-    # end past 1.5 s once 0.3 (e + 1) > 1.5, so it stops after 3 or 4 epochs.
-    assert 2 <= epochs <= 4
-    assert limit.stopped_epoch == epochs - 1
+
+    def tick(epoch, logs):
+        clock.now += 0.3  # every epoch takes 0.3 s
+
+    limit = TimeLimit(minutes=1.4 / 60)
+    history = _model().fit(x, y, epochs=100, verbose=0, callbacks=[
+        keras.callbacks.LambdaCallback(on_epoch_end=tick), limit])
+    # After epoch e (from 1) 0.3 e s have passed and the longest epoch took
+    # 0.3 s: it stops once 0.3 e + 0.3 > 1.4, after epoch 4.
+    assert len(history.history["loss"]) == 4
+    assert limit.stopped_epoch == 3
 
 
 def test_a_generous_budget_does_not_stop():
