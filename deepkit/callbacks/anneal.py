@@ -33,10 +33,10 @@ class AnnealOnPlateau(FromConfig, keras.callbacks.Callback):
     With ``reset_optimizer=True`` the optimizer's slots (momentum, Adam's
     moments) are zeroed when it goes back, so the velocity gathered while
     overfitting is dropped too (GroundHog's plain SGD had none); by default
-    they are kept. The learning rate must be a plain value, not a schedule. The callback's state (best value,
-    count, best weights) can be saved and restored with `get_state` /
-    `set_state`, which `ExactBackupAndRestore` does, so a resumed run takes
-    the same decisions as an uninterrupted one.
+    they are kept. The learning rate must be a plain value, not a schedule.
+    The callback's state (best value, count, best weights) can be saved and
+    restored with `get_state` / `set_state`, which `ExactBackupAndRestore`
+    does, so a resumed run takes the same decisions as an uninterrupted one.
 
     Args:
         monitor: the logged value to watch, e.g. ``"val_loss"``.
@@ -124,9 +124,9 @@ class AnnealOnPlateau(FromConfig, keras.callbacks.Callback):
     # -- the rule -------------------------------------------------------------
     def _learning_rate(self):
         optimizer = self.model.optimizer
-        if isinstance(optimizer.learning_rate, keras.optimizers.schedules.LearningRateSchedule) \
-                or isinstance(getattr(optimizer, "_learning_rate", None),
-                              keras.optimizers.schedules.LearningRateSchedule):
+        # `learning_rate` gives a schedule's current value; `_learning_rate`
+        # is what the optimizer holds.
+        if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError("AnnealOnPlateau: the optimizer's learning rate is a schedule; "
                              "it needs a plain learning rate that it can divide")
         return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

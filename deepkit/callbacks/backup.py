@@ -16,47 +16,54 @@ def _finite(logs):
     return value is None or bool(np.isfinite(value))
 
 
-def _plain(value):
-    """A JSON-able copy of a callback's monitored value (numpy scalars -> float)."""
+def _json_number(value):
+    """A monitored value as JSON can hold it (numpy scalars -> float)."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     return float(value)
 
 
+# Keras callbacks whose progress lives in attributes: the ones to keep.
+_KERAS_STATE = {
+    keras.callbacks.EarlyStopping: ("wait", "stopped_epoch", "best", "best_epoch"),
+    keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+}
+
+
+def _own_state(callback):
+    return hasattr(callback, "get_state") and hasattr(callback, "set_state")
+
+
+def _keras_fields(callback):
+    return next((f for cls, f in _KERAS_STATE.items() if isinstance(callback, cls)), None)
+
+
 def keeps_state(callback):
     """Whether `callback_state` has something to keep for `callback`."""
-    return (hasattr(callback, "get_state") and hasattr(callback, "set_state")) or isinstance(
-        callback, (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau))
+    return _own_state(callback) or _keras_fields(callback) is not None
 
 
 def callback_state(callback):
     """`(state, arrays)` of a callback whose progress a resumed run needs.
 
-    deepkit callbacks with `get_state()` return their own; Keras'
-    `EarlyStopping` and `ReduceLROnPlateau` keep theirs in attributes, read
-    here. Returns None for a callback without state to keep.
+    Callbacks with `get_state()` (deepkit's) give their own; for Keras'
+    `EarlyStopping` and `ReduceLROnPlateau` the state is read from their
+    attributes, and the arrays are `EarlyStopping`'s best weights.
     """
-    if hasattr(callback, "get_state") and hasattr(callback, "set_state"):
+    if _own_state(callback):
         return callback.get_state()
-    if isinstance(callback, keras.callbacks.EarlyStopping):
-        state = {"wait": callback.wait, "stopped_epoch": callback.stopped_epoch,
-                 "best": _plain(callback.best), "best_epoch": callback.best_epoch}
-        return state, callback.best_weights
-    if isinstance(callback, keras.callbacks.ReduceLROnPlateau):
-        state = {"wait": callback.wait, "best": _plain(callback.best),
-                 "cooldown_counter": callback.cooldown_counter}
-        return state, None
-    return None
+    state = {f: _json_number(getattr(callback, f)) for f in _keras_fields(callback)}
+    return state, getattr(callback, "best_weights", None)
 
 
 def set_callback_state(callback, state, arrays):
     """Put back what `callback_state` returned."""
-    if hasattr(callback, "get_state") and hasattr(callback, "set_state"):
+    if _own_state(callback):
         callback.set_state(state, arrays)
         return
     for key, value in state.items():
         setattr(callback, key, value)
-    if isinstance(callback, keras.callbacks.EarlyStopping):
+    if hasattr(callback, "best_weights"):
         callback.best_weights = None if arrays is None else [np.asarray(a) for a in arrays]
 
 
@@ -116,7 +123,6 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
         self.data = data
         self.callbacks = [c for c in callbacks if keeps_state(c)]
         self.restored_epoch = 0
-        self._pending_states = None
 
     def get_config(self):
         return {"backup_dir": self.backup_dir, "seed": self.seed,
@@ -124,11 +130,6 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
 
     # -- random state -------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
-        if self._pending_states is not None:
-            # Again, in case a callback placed after this one reset itself in
-            # its on_train_begin.
-            self._apply_states(self._pending_states)
-            self._pending_states = None
         if self.data is not None and hasattr(self.data, "set_epoch"):
             self.data.set_epoch(epoch)
         index = 0
@@ -183,9 +184,10 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
                 old.unlink(missing_ok=True)
 
     def _read_states(self, meta):
+        """[(callback, (state, arrays))] from the checkpoint's metadata."""
         states = meta.get("callbacks")
         if states is None or not self.callbacks:
-            return None
+            return []
         if len(states) != len(self.callbacks):
             raise ValueError(
                 f"ExactBackupAndRestore: the checkpoint in {self.backup_dir} keeps the state "
@@ -197,11 +199,7 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
                 for i in range(len(states)):
                     keys = sorted(k for k in stored.files if k.startswith(f"c{i}_"))
                     arrays[i] = [stored[k] for k in keys] if keys else None
-        return list(zip(states, arrays))
-
-    def _apply_states(self, pending):
-        for callback, (state, arrays) in zip(self.callbacks, pending):
-            set_callback_state(callback, state, arrays)
+        return list(zip(self.callbacks, zip(states, arrays)))
 
     def _load_model(self):
         meta = self._metadata()
@@ -215,10 +213,10 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
         self.model._initial_epoch = meta["epoch"]  # what BackupAndRestore sets too
         self._current_epoch = meta["epoch"]
         self.restored_epoch = meta["epoch"]
-        pending = self._read_states(meta)
-        if pending is not None:
-            self._apply_states(pending)
-            self._pending_states = pending
+        # Applied after the kept callbacks' own on_train_begin (they reset
+        # themselves there), since this callback comes after them.
+        for callback, (state, arrays) in self._read_states(meta):
+            set_callback_state(callback, state, arrays)
         if meta.get("stop_training"):
             # The checkpointed epoch ended the training (early stopping, a
             # plateau rule, a time limit): no epoch is left to run.
