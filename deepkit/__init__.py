@@ -27,6 +27,34 @@ _SUBMODULES = (
 )
 
 
+# The submodules whose classes can appear in a saved model's configuration.
+_SERIALIZABLE = ("layers", "models", "metrics", "callbacks", "training")
+
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """`keras.saving.load_model` with every deepkit class registered first.
+
+    Keras finds a custom class of a saved model (``deepkit>Maxout``,
+    ``deepkit>FrameBinaryCrossentropy``, ...) only once the module that
+    defines it has been imported; `import deepkit` alone imports none of
+    them. This imports them all, then loads `filepath` (a run directory's
+    ``model.keras``, for example) with Keras' own arguments.
+
+    Example:
+
+    ```python
+    model = deepkit.load_model("runs/dot_rnn_jsb/model.keras")
+    ```
+    """
+    for name in _SERIALIZABLE:
+        importlib.import_module(f"deepkit.{name}")
+    import keras
+
+    return keras.saving.load_model(
+        filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+    )
+
+
 def __getattr__(name):
     if name in _SUBMODULES:
         return importlib.import_module(f"deepkit.{name}")

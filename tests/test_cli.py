@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 import yaml
 
@@ -133,6 +134,7 @@ assert "keras" not in sys.modules
 from deepkit.cli import main
 status = main(sys.argv[1:])
 import keras
+import numpy as np
 print("BACKEND", keras.backend.backend())
 sys.exit(status)
 """
@@ -200,3 +202,42 @@ def test_report_gives_each_recipe_its_own_paper_number():
     # one paper: one paper column
     lines = render([results("dot", 8.432, 8.44), results("dot", 8.469, 8.44)])
     assert "test_nll 8.432 8.469 8.44" in lines
+
+
+_LOAD = """
+import sys
+import deepkit
+model = deepkit.load_model(sys.argv[1])
+print(type(model).__name__, type(model.layers[0]).__name__,
+      type(model.loss).__name__, type(model.optimizer).__name__)
+"""
+
+
+def test_load_model_registers_deepkit_classes_after_a_bare_import(tmp_path):
+    # A saved model whose configuration names deepkit classes (a layer, a
+    # loss, a metric, an optimizer) loads in a fresh process after only
+    # `import deepkit`; plain keras.saving.load_model there cannot find them.
+    from deepkit.layers import Maxout
+    from deepkit.metrics import FrameBinaryCrossentropy, FrameNLL
+    from deepkit.training import ScaledSGD
+
+    model = keras.Sequential([keras.Input((3, 4)), Maxout(units=4, pieces=2),
+                              keras.layers.Dense(5)])
+    model.compile(ScaledSGD(0.1, lr_scales={"dense": 0.5}),
+                  loss=FrameBinaryCrossentropy(from_logits=True),
+                  weighted_metrics=[FrameNLL(from_logits=True)])
+    x = np.random.default_rng(0).random((2, 3, 4)).astype("float32")
+    y = (np.random.default_rng(1).random((2, 3, 5)) > 0.5).astype("float32")
+    model.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    done = subprocess.run([sys.executable, "-c", _LOAD, str(path)], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Sequential Maxout FrameBinaryCrossentropy ScaledSGD" in done.stdout, done.stdout
+    plain = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, keras, deepkit; keras.saving.load_model(sys.argv[1])", str(path)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert plain.returncode != 0 and "Could not locate class" in plain.stderr

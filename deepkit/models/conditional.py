@@ -43,8 +43,13 @@ class ConditionalGatedMLP(keras.Model):
             `StochasticBinaryGate`).
         threshold: threshold for ``inference="threshold"``.
         noise_stddev: noise of the noisy rectifier.
-        max_norm: maximum norm of each unit's incoming weights (2.1 in the
-            authors' launch files); None for no constraint.
+        max_norm: maximum norm of each unit's incoming weights in the gater
+            and the main path (2.1 in the authors' launch files); None for no
+            constraint.
+        output_max_norm: the same for the softmax layer's weights. The
+            authors' launch files set 2.1 on the gated layer only; their
+            output layer's settings are not in the repository. None for no
+            constraint.
         reinforce_scale: scale of the REINFORCE surrogate.
         seed: seed for the gates' samples and the initializers.
         **kwargs: base `Model` arguments.
@@ -75,6 +80,7 @@ class ConditionalGatedMLP(keras.Model):
         threshold=0.5,
         noise_stddev=1.0,
         max_norm=2.1,
+        output_max_norm=2.1,
         reinforce_scale=1.0,
         seed=None,
         **kwargs,
@@ -92,13 +98,14 @@ class ConditionalGatedMLP(keras.Model):
         self.threshold = float(threshold)
         self.noise_stddev = float(noise_stddev)
         self.max_norm = None if max_norm is None else float(max_norm)
+        self.output_max_norm = None if output_max_norm is None else float(output_max_norm)
         self.reinforce_scale = float(reinforce_scale)
         self.seed = seed
 
-        def constraint():
-            if self.max_norm is None:
+        def constraint(value=self.max_norm):
+            if value is None:
                 return None
-            return keras.constraints.MaxNorm(self.max_norm, axis=0)
+            return keras.constraints.MaxNorm(value, axis=0)
 
         def glorot(scale=1.0, offset=0):
             return keras.initializers.VarianceScaling(
@@ -147,7 +154,7 @@ class ConditionalGatedMLP(keras.Model):
             self.num_classes,
             activation="softmax",
             kernel_initializer=glorot(1.0, 4),
-            kernel_constraint=constraint(),
+            kernel_constraint=constraint(self.output_max_norm),
             name="classifier",
         )
 
@@ -203,6 +210,7 @@ class ConditionalGatedMLP(keras.Model):
                 "threshold": self.threshold,
                 "noise_stddev": self.noise_stddev,
                 "max_norm": self.max_norm,
+                "output_max_norm": self.output_max_norm,
                 "reinforce_scale": self.reinforce_scale,
                 "seed": self.seed,
             }

@@ -45,7 +45,7 @@ class ConditionalGatedMLPTest(TestCase):
     def test_every_gate_trains_and_the_max_norm_holds(self):
         for gate in ("straight_through", "straight_through_sigmoid",
                      "stochastic_times_smooth", "reinforce", "noisy_rectifier"):
-            model = small(gate=gate, max_norm=0.5)
+            model = small(gate=gate, max_norm=0.5, output_max_norm=0.25)
             model.compile(keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy",
                           metrics=["accuracy"])
             model.build(X.shape)
@@ -54,9 +54,20 @@ class ConditionalGatedMLPTest(TestCase):
             self.assertTrue(np.all(np.isfinite(history.history["loss"])), gate)
             after = ops.convert_to_numpy(model.gater_hidden.kernel)
             self.assertFalse(np.array_equal(before, after), f"{gate}: gater did not learn")
-            for layer in (model.gater_hidden, model.gater_output, model.main, model.classifier):
+            for layer in (model.gater_hidden, model.gater_output, model.main):
                 norms = np.linalg.norm(ops.convert_to_numpy(layer.kernel), axis=0)
                 self.assertLessEqual(norms.max(), 0.5 + 1e-5, f"{gate}: {layer.name}")
+            norms = np.linalg.norm(ops.convert_to_numpy(model.classifier.kernel), axis=0)
+            self.assertLessEqual(norms.max(), 0.25 + 1e-5, f"{gate}: classifier")
+
+    def test_output_max_norm_none_leaves_the_softmax_unconstrained(self):
+        model = small(max_norm=0.5, output_max_norm=None)
+        self.assertIsNone(model.classifier.kernel_constraint)
+        self.assertIsNotNone(model.main.kernel_constraint)
+        model.compile(keras.optimizers.SGD(2.0), "sparse_categorical_crossentropy")
+        model.fit(X, Y, batch_size=8, epochs=3, verbose=0)
+        norms = np.linalg.norm(ops.convert_to_numpy(model.classifier.kernel), axis=0)
+        self.assertGreater(norms.max(), 0.5)
 
     def test_reinforce_trains_the_gater_only_through_compute_loss(self):
         # Without a sparsity penalty, the gater's only gradient is REINFORCE.
