@@ -201,16 +201,24 @@ def init_from(model, spec, file=None):
         raise RecipeError(f"no trained model at {source_file}: expected the directory of a "
                           "finished run (its model.keras) or a .keras file; run the source "
                           f"recipe with --run-dir {path} first", "init_from.path", file)
-    source = keras.saving.load_model(str(source_file), compile=False)
-    source_layers = {layer.name: layer for layer in source.layers}
     target_layers = {layer.name: layer for layer in model.layers}
+    # This recipe's own layer names first: no need to load the source for them.
+    for i, name in enumerate(spec["layers"]):
+        if name not in target_layers:
+            raise RecipeError(f"this recipe's model has no layer {name!r}; its layers: "
+                              f"{', '.join(target_layers)}", f"init_from.layers[{i}]", file)
+    try:
+        source = keras.saving.load_model(str(source_file), compile=False)
+    except Exception as error:  # a broken or foreign file: say which, no traceback
+        raise RecipeError(f"could not load the model in {source_file}: "
+                          f"{type(error).__name__}: {str(error).splitlines()[0][:300]}",
+                          "init_from.path", file) from None
+    source_layers = {layer.name: layer for layer in source.layers}
     for i, name in enumerate(spec["layers"]):
         where = f"init_from.layers[{i}]"
-        for side, layers in (("this recipe's model", target_layers),
-                             (f"the model in {source_file}", source_layers)):
-            if name not in layers:
-                raise RecipeError(f"{side} has no layer {name!r}; its layers: "
-                                  f"{', '.join(layers)}", where, file)
+        if name not in source_layers:
+            raise RecipeError(f"the model in {source_file} has no layer {name!r}; its layers: "
+                              f"{', '.join(source_layers)}", where, file)
         src, dst = source_layers[name].get_weights(), target_layers[name].get_weights()
         shapes = ([w.shape for w in src], [w.shape for w in dst])
         if shapes[0] != shapes[1]:

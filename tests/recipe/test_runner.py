@@ -436,6 +436,9 @@ def test_init_from_copies_the_named_layers_of_a_finished_run(tmp_path, monkeypat
     ({"path": "nowhere"}, "no trained model at nowhere: expected the directory", "init_from.path"),
     ({"layers": ["hiden"]}, "has no layer 'hiden'; its layers: ", "init_from.layers[0]"),
     ({"units": 8}, "has weights of shapes", "init_from.layers[0]"),
+    ({"out_name": "head", "layers": ["hidden", "head"]},
+     "the model in {source}/model.keras has no layer 'head'; its layers: ", "init_from.layers[1]"),
+    ({"path": "broken.keras"}, "could not load the model in broken.keras: ", "init_from.path"),
 ])
 def test_bad_init_from_is_a_recipe_error_and_writes_nothing(tmp_path, capsys, monkeypatch,
                                                             change, message, where):
@@ -444,6 +447,10 @@ def test_bad_init_from_is_a_recipe_error_and_writes_nothing(tmp_path, capsys, mo
     assert cli.main(["run", str(path), "--run-dir", str(source_dir)]) == 0
     capsys.readouterr()
     raw = _named_tiny(units=change.get("units", 16))
+    if "out_name" in change:
+        raw["model"]["sequential"][2]["Dense"]["name"] = change["out_name"]
+    (tmp_path / "broken.keras").write_bytes(b"not a zip file")
+    message = message.format(source=source_dir)
     raw["name"] = "target"
     raw["init_from"] = {"path": change.get("path", str(source_dir)),
                         "layers": change.get("layers", ["hidden"])}
