@@ -163,7 +163,7 @@ def resolve(raw, overrides=(), smoke=False, file=None):
     return raw
 
 
-def load(path, overrides=(), smoke=False, check_names=True):
+def load(path, overrides=(), smoke=False, check_names=True, _chain=()):
     """Read, resolve and fully validate the recipe at `path`.
 
     Args:
@@ -174,7 +174,10 @@ def load(path, overrides=(), smoke=False, check_names=True):
             imports Keras).
 
     Returns:
-        A `deepkit.recipe.schema.Recipe`.
+        A `deepkit.recipe.schema.Recipe`. With ``init_from.recipe``, the
+        source recipe is loaded and validated too (with the ``set``
+        overrides, and its smoke block for a smoke run) and kept as
+        ``recipe.init_from["source"]``.
     """
     raw = resolve(read(path), overrides, smoke, file=str(path))
     recipe = schema.parse(raw, file=str(path))
@@ -185,7 +188,43 @@ def load(path, overrides=(), smoke=False, check_names=True):
             names.validate(recipe)
         except RecipeError as e:
             raise e.at(file=str(path)) from None
+    if recipe.init_from is not None and "recipe" in recipe.init_from:
+        recipe.init_from["source"] = _load_source(recipe, path, smoke, check_names, _chain)
     return recipe
+
+
+def find_source(name, recipe_file):
+    """The file of `init_from.recipe`: beside the recipe, as given, or shipped."""
+    from deepkit.cli import recipes_dir
+
+    here = Path(recipe_file).resolve().parent if recipe_file else Path.cwd()
+    for candidate in (here / name, here / f"{name}.yaml", Path(name),
+                      recipes_dir() / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_source(recipe, path, smoke, check_names, chain):
+    """Load and validate the recipe that `init_from.recipe` names (with its
+    `set` overrides and, for a smoke run, its own smoke block)."""
+    name = recipe.init_from["recipe"]
+    source_file = find_source(name, path)
+    if source_file is None:
+        raise RecipeError(f"no recipe {name!r} beside {path}, in the working directory or "
+                          "among the shipped recipes", "init_from.recipe", str(path))
+    key = str(Path(source_file).resolve())
+    chain = chain + (str(Path(path).resolve()),)
+    if key in chain:
+        raise RecipeError(f"{name!r} initializes from itself through init_from "
+                          f"({' -> '.join(Path(c).stem for c in chain + (key,))})",
+                          "init_from.recipe", str(path))
+    try:
+        return load(source_file, recipe.init_from.get("set", ()), smoke, check_names,
+                    _chain=chain)
+    except RecipeError as e:
+        raise RecipeError(f"the source recipe {source_file} is not valid: {e}",
+                          "init_from.recipe", str(path)) from None
 
 
 def dump(recipe):

@@ -79,8 +79,16 @@ def markdown(results):
         f"- devices: {', '.join(env.get('devices', []))}",
         f"- machine: {env.get('machine', '')}",
         f"- command: {' '.join(env.get('command', []))}",
-        "",
     ]
+    source = results.get("init_from")
+    if source:
+        metrics = ", ".join(f"{k} {format_value(k, v)}" for k, v in
+                            sorted((source.get("metrics") or {}).items()))
+        wall = source.get("wall_time_s")
+        lines.append(f"- initialized from a run of {source['recipe']} ({source['run_dir']}"
+                     + (f"; {source.get('epochs')} epochs, {wall:.0f} s" if wall is not None
+                        else "") + (f"; {metrics}" if metrics else "") + ")")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -187,6 +187,16 @@ def build_model(recipe, train):
     return model
 
 
+def check_target_layers(model, layer_names, file=None):
+    """The layers of `model` by name; RecipeError naming one it lacks."""
+    target_layers = {layer.name: layer for layer in model.layers}
+    for i, name in enumerate(layer_names):
+        if name not in target_layers:
+            raise RecipeError(f"this recipe's model has no layer {name!r}; its layers: "
+                              f"{', '.join(target_layers)}", f"init_from.layers[{i}]", file)
+    return target_layers
+
+
 def init_from(model, spec, file=None):
     """Copy the weights of `spec["layers"]` from a finished run into `model`.
 
@@ -201,12 +211,8 @@ def init_from(model, spec, file=None):
         raise RecipeError(f"no trained model at {source_file}: expected the directory of a "
                           "finished run (its model.keras) or a .keras file; run the source "
                           f"recipe with --run-dir {path} first", "init_from.path", file)
-    target_layers = {layer.name: layer for layer in model.layers}
     # This recipe's own layer names first: no need to load the source for them.
-    for i, name in enumerate(spec["layers"]):
-        if name not in target_layers:
-            raise RecipeError(f"this recipe's model has no layer {name!r}; its layers: "
-                              f"{', '.join(target_layers)}", f"init_from.layers[{i}]", file)
+    target_layers = check_target_layers(model, spec["layers"], file)
     try:
         source = keras.saving.load_model(str(source_file), compile=False)
     except Exception as error:  # a broken or foreign file: say which, no traceback
@@ -424,6 +430,36 @@ class Runner:
         _atomic_write(done_path, json.dumps(summary))
         return summary, user_callbacks
 
+    # -- init_from: {recipe: ...} ----------------------------------------------
+    def _source_dir(self):
+        source = self.recipe.init_from["source"]
+        return self.run_dir / "init_from" / source.name
+
+    def _run_source(self):
+        """Run (or resume, or reuse) the source recipe inside this run's
+        directory; returns its run directory."""
+        source, run_dir = self.recipe.init_from["source"], self._source_dir()
+        self.console.print(f"init_from: the source recipe {source.name} runs first, "
+                           f"in {run_dir}")
+        results = Runner(source, run_dir, self.console, self.command, self.time_limit).run()
+        if results.get("status") != "finished":
+            raise RecipeError(f"the source recipe {source.name} did not finish "
+                              f"({results.get('status')}); its run directory: {run_dir}",
+                              "init_from.recipe", self.recipe.file)
+        return run_dir
+
+    def _source_summary(self):
+        spec = self.recipe.init_from
+        if spec is None or "source" not in spec:
+            return None
+        run_dir = self._source_dir()
+        summary = {"recipe": spec["source"].name, "run_dir": str(run_dir)}
+        if (run_dir / report.RESULTS).exists():
+            source = report.load_results(run_dir)
+            summary.update(metrics=source.get("metrics", {}),
+                           epochs=source.get("epochs"), wall_time_s=source.get("wall_time_s"))
+        return summary
+
     # -- the whole run --------------------------------------------------------
     def run(self):
         """Train, evaluate, save and report; returns the results dict."""
@@ -444,8 +480,12 @@ class Runner:
         # Before anything is written, so a bad init_from leaves no run directory;
         # a resumed run gets its weights from the checkpoint instead.
         if recipe.init_from is not None and not resumed:
-            copied = init_from(model, recipe.init_from, recipe.file)
-            self.console.print(f"initialized {', '.join(copied)} from {recipe.init_from['path']}")
+            spec = recipe.init_from
+            if "source" in spec:
+                check_target_layers(model, spec["layers"], recipe.file)
+                spec = {"path": str(self._run_source()), "layers": spec["layers"]}
+            copied = init_from(model, spec, recipe.file)
+            self.console.print(f"initialized {', '.join(copied)} from {spec['path']}")
         resumed = self.prepare()
         if resumed:
             self.console.print(f"resuming the run in {self.run_dir}")
@@ -488,6 +528,9 @@ class Runner:
             "wall_time_s": sum(s["seconds"] for s in summaries),
             "env": env,
         }
+        source = self._source_summary()
+        if source is not None:
+            results["init_from"] = source
         _atomic_write(self.run_dir / report.RESULTS, json.dumps(results, indent=2))
         _atomic_write(self.run_dir / "report.md", report.markdown(results))
         self.console.print(report.table(results))

@@ -313,13 +313,31 @@ def parse(raw, file=None):
     init_from = raw.get("init_from")
     if init_from is not None:
         _mapping(init_from, "init_from", file)
-        _check_keys(init_from, ("path", "layers"), "init_from", file, required=("path", "layers"))
-        check_type(init_from["path"], str, "init_from.path", file)
+        _check_keys(init_from, ("path", "recipe", "set", "layers"), "init_from", file,
+                    required=("layers",))
+        sources = [key for key in ("path", "recipe") if key in init_from]
+        if len(sources) != 1:
+            raise RecipeError("expected exactly one of 'path' (a finished run directory or a "
+                              ".keras file) and 'recipe' (a recipe to run first), found "
+                              f"{' and '.join(sources) or 'neither'}", "init_from", file)
+        source = sources[0]
+        check_type(init_from[source], str, f"init_from.{source}", file)
+        overrides = init_from.get("set", [])
+        if "set" in init_from and source != "recipe":
+            raise RecipeError("'set' (overrides of the source recipe) needs 'recipe'",
+                              "init_from.set", file)
+        check_type(overrides, list, "init_from.set", file)
+        for i, text in enumerate(overrides):
+            if not isinstance(text, str) or "=" not in text:
+                raise RecipeError(f"expected KEY.PATH=VALUE text, found {describe(text)}",
+                                  f"init_from.set[{i}]", file)
         layers = check_type(init_from["layers"], list, "init_from.layers", file)
         if not layers or not all(isinstance(n, str) for n in layers):
             raise RecipeError(f"expected a non-empty list of layer names, found {describe(layers)}",
                               "init_from.layers", file)
-        init_from = {"path": init_from["path"], "layers": list(layers)}
+        init_from = {source: init_from[source], "layers": list(layers)}
+        if source == "recipe":
+            init_from["set"] = list(overrides)
 
     backend = raw.get("backend")
     if backend is not None and backend not in BACKENDS:

@@ -432,6 +432,80 @@ def test_init_from_copies_the_named_layers_of_a_finished_run(tmp_path, monkeypat
     assert not np.allclose(seen["out"][0], source.get_layer("out").get_weights()[0])
 
 
+def test_init_from_a_recipe_runs_it_first_inside_the_run_directory(tmp_path, monkeypatch):
+    # The source recipe (found beside the target) runs in
+    # <run>/init_from/<name>, with its `set` overrides; the target starts
+    # from its layer, and its results and report name the source run.
+    source_raw = _named_tiny()
+    source_raw["name"] = "pretrain"
+    _write(tmp_path, "pretrain.yaml", yaml.safe_dump(source_raw))
+    raw = _named_tiny()
+    raw["name"] = "target"
+    raw["init_from"] = {"recipe": "pretrain", "set": ["fit.epochs=2"], "layers": ["hidden"]}
+    path = _write(tmp_path, "target.yaml", yaml.safe_dump(raw))
+    seen = []
+    original = keras.Model.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append([w.copy() for w in self.get_layer("hidden").get_weights()])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    run_dir = tmp_path / "target"
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
+    source_dir = run_dir / "init_from" / "pretrain"
+    assert len(_rows(source_dir / "history.csv")) == 2          # the `set` override
+    source = keras.saving.load_model(str(source_dir / "model.keras"))
+    assert len(seen) == 2                                       # source fit, then target fit
+    for got, want in zip(seen[1], source.get_layer("hidden").get_weights()):
+        np.testing.assert_array_equal(got, want)
+    results = json.loads((run_dir / "results.json").read_text())
+    source_results = json.loads((source_dir / "results.json").read_text())
+    assert results["init_from"]["recipe"] == "pretrain"
+    assert results["init_from"]["metrics"] == source_results["metrics"]
+    assert results["init_from"]["epochs"] == 2
+    assert "initialized from a run of pretrain" in (run_dir / "report.md").read_text()
+
+    # A target killed after the source finished (before its own run began)
+    # reuses the finished source.
+    import shutil
+    for entry in run_dir.iterdir():
+        if entry.name != "init_from":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    seen.clear()
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
+    assert len(seen) == 1 and len(_rows(source_dir / "history.csv")) == 2
+
+
+@pytest.mark.parametrize("init, message, where", [
+    ({"recipe": "nope"}, "no recipe 'nope' beside", "init_from.recipe"),
+    ({"recipe": "target"}, "'target' initializes from itself through init_from "
+     "(target -> target)", "init_from.recipe"),
+    ({"recipe": "broken"}, "the source recipe", "init_from.recipe"),
+    ({"recipe": "pretrain", "path": "runs/x"}, "expected exactly one of 'path'", "init_from"),
+    ({"path": "runs/x", "set": ["seed=3"]}, "'set' (overrides of the source recipe) needs "
+     "'recipe'", "init_from.set"),
+    ({"recipe": "pretrain", "set": ["seed"]}, "expected KEY.PATH=VALUE text",
+     "init_from.set[0]"),
+])
+def test_bad_init_from_recipe_is_a_recipe_error(tmp_path, capsys, monkeypatch, init, message,
+                                                where):
+    _write(tmp_path, "pretrain.yaml", yaml.safe_dump(_named_tiny()))
+    broken = _named_tiny()
+    broken["fit"]["epochs"] = "many"
+    _write(tmp_path, "broken.yaml", yaml.safe_dump(broken))
+    raw = _named_tiny()
+    raw["name"] = "target"
+    raw["init_from"] = dict(init, layers=["hidden"])
+    path = _write(tmp_path, "target.yaml", yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and where in err and "Traceback" not in err, err
+    assert not run_dir.exists()
+
+
 @pytest.mark.parametrize("change, message, where", [
     ({"path": "nowhere"}, "no trained model at nowhere: expected the directory", "init_from.path"),
     ({"layers": ["hiden"]}, "has no layer 'hiden'; its layers: ", "init_from.layers[0]"),
