@@ -483,7 +483,17 @@ class Runner:
             spec = recipe.init_from
             if "source" in spec:
                 check_target_layers(model, spec["layers"], recipe.file)
-                spec = {"path": str(self._run_source()), "layers": spec["layers"]}
+                policy = keras.mixed_precision.global_policy()
+                source_dir = self._run_source()
+                # The source run moved the global random state (and may have set
+                # its own precision policy): start again from this recipe's seed,
+                # so that this run is the one a fresh process would make from the
+                # finished source run.
+                keras.mixed_precision.set_global_policy(policy)
+                keras.utils.set_random_seed(recipe.seed)
+                splits = load_splits(recipe)
+                model = build_model(recipe, splits["train"])
+                spec = {"path": str(source_dir), "layers": spec["layers"]}
             copied = init_from(model, spec, recipe.file)
             self.console.print(f"initialized {', '.join(copied)} from {spec['path']}")
         resumed = self.prepare()

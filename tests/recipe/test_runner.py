@@ -448,12 +448,25 @@ def test_init_from_a_recipe_runs_it_first_inside_the_run_directory(tmp_path, mon
 
     def spy(self, *args, **kwargs):
         seen.append([w.copy() for w in self.get_layer("hidden").get_weights()])
+        out.append([w.copy() for w in self.get_layer("out").get_weights()])
         return original(self, *args, **kwargs)
 
+    out = []
     monkeypatch.setattr(keras.Model, "fit", spy)
     run_dir = tmp_path / "target"
     assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
     source_dir = run_dir / "init_from" / "pretrain"
+    # The same target started from the finished source by path begins from
+    # the same weights and ends with the same metrics: running the source
+    # first does not change the target's random draws.
+    raw_by_path = dict(raw, init_from={"path": str(source_dir), "layers": ["hidden"]})
+    by_path = _write(tmp_path, "by_path.yaml", yaml.safe_dump(raw_by_path))
+    assert cli.main(["run", str(by_path), "--run-dir", str(tmp_path / "by_path")]) == 0
+    for got, want in zip(out[1], out[2]):
+        np.testing.assert_array_equal(got, want)
+    metrics = json.loads((run_dir / "results.json").read_text())["metrics"]
+    assert json.loads((tmp_path / "by_path" / "results.json").read_text())["metrics"] == metrics
+    del seen[2:], out[2:]
     assert len(_rows(source_dir / "history.csv")) == 2          # the `set` override
     source = keras.saving.load_model(str(source_dir / "model.keras"))
     assert len(seen) == 2                                       # source fit, then target fit
