@@ -222,8 +222,8 @@ def test_load_model_registers_deepkit_classes_after_a_bare_import(tmp_path):
     from deepkit.training import ScaledSGD
 
     model = keras.Sequential([keras.Input((3, 4)), Maxout(units=4, pieces=2),
-                              keras.layers.Dense(5)])
-    model.compile(ScaledSGD(0.1, lr_scales={"dense": 0.5}),
+                              keras.layers.Dense(5, name="out")])
+    model.compile(ScaledSGD(0.1, lr_scales={"out": 0.5}),
                   loss=FrameBinaryCrossentropy(from_logits=True),
                   weighted_metrics=[FrameNLL(from_logits=True)])
     x = np.random.default_rng(0).random((2, 3, 4)).astype("float32")
