@@ -19,18 +19,12 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from deepkit.recipe.load import recipes_dir
+
 EXIT_BAD_RECIPE = 2
 EXIT_DIVERGED = 3
 
 console = Console(stderr=True)
-
-
-def recipes_dir():
-    """The shipped recipes: ./recipes, else the one beside the package."""
-    here = Path.cwd() / "recipes"
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parent.parent / "recipes"
 
 
 def find_recipe(name):

@@ -193,10 +193,16 @@ def load(path, overrides=(), smoke=False, check_names=True, _chain=()):
     return recipe
 
 
+def recipes_dir():
+    """The shipped recipes: ./recipes, else the one beside the package."""
+    here = Path.cwd() / "recipes"
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
 def find_source(name, recipe_file):
     """The file of `init_from.recipe`: beside the recipe, as given, or shipped."""
-    from deepkit.cli import recipes_dir
-
     here = Path(recipe_file).resolve().parent if recipe_file else Path.cwd()
     for candidate in (here / name, here / f"{name}.yaml", Path(name),
                       recipes_dir() / f"{name}.yaml"):

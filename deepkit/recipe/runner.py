@@ -187,16 +187,6 @@ def build_model(recipe, train):
     return model
 
 
-def check_target_layers(model, layer_names, file=None):
-    """The layers of `model` by name; RecipeError naming one it lacks."""
-    target_layers = {layer.name: layer for layer in model.layers}
-    for i, name in enumerate(layer_names):
-        if name not in target_layers:
-            raise RecipeError(f"this recipe's model has no layer {name!r}; its layers: "
-                              f"{', '.join(target_layers)}", f"init_from.layers[{i}]", file)
-    return target_layers
-
-
 def init_from(model, spec, file=None):
     """Copy the weights of `spec["layers"]` from a finished run into `model`.
 
@@ -212,7 +202,11 @@ def init_from(model, spec, file=None):
                           "finished run (its model.keras) or a .keras file; run the source "
                           f"recipe with --run-dir {path} first", "init_from.path", file)
     # This recipe's own layer names first: no need to load the source for them.
-    target_layers = check_target_layers(model, spec["layers"], file)
+    target_layers = {layer.name: layer for layer in model.layers}
+    for i, name in enumerate(spec["layers"]):
+        if name not in target_layers:
+            raise RecipeError(f"this recipe's model has no layer {name!r}; its layers: "
+                              f"{', '.join(target_layers)}", f"init_from.layers[{i}]", file)
     try:
         source = keras.saving.load_model(str(source_file), compile=False)
     except Exception as error:  # a broken or foreign file: say which, no traceback
@@ -441,7 +435,11 @@ class Runner:
         source, run_dir = self.recipe.init_from["source"], self._source_dir()
         self.console.print(f"init_from: the source recipe {source.name} runs first, "
                            f"in {run_dir}")
-        results = Runner(source, run_dir, self.console, self.command, self.time_limit).run()
+        policy = keras.mixed_precision.global_policy()
+        try:
+            results = Runner(source, run_dir, self.console, self.command, self.time_limit).run()
+        finally:
+            keras.mixed_precision.set_global_policy(policy)  # the source may set its own
         if results.get("status") != "finished":
             raise RecipeError(f"the source recipe {source.name} did not finish "
                               f"({results.get('status')}); its run directory: {run_dir}",
@@ -471,6 +469,11 @@ class Runner:
                 self.console.print(f"{self.run_dir} is already finished; its report:")
                 self.console.print(report.table(results))
                 return results
+        spec = recipe.init_from
+        if spec is not None and "source" in spec and not resumed:
+            # The source recipe runs to the end first, so this run then starts
+            # as a fresh process would from the finished source run.
+            spec = {"path": str(self._run_source()), "layers": spec["layers"]}
         keras.utils.set_random_seed(recipe.seed)
         if recipe.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
@@ -479,21 +482,7 @@ class Runner:
         model = build_model(recipe, splits["train"])
         # Before anything is written, so a bad init_from leaves no run directory;
         # a resumed run gets its weights from the checkpoint instead.
-        if recipe.init_from is not None and not resumed:
-            spec = recipe.init_from
-            if "source" in spec:
-                check_target_layers(model, spec["layers"], recipe.file)
-                policy = keras.mixed_precision.global_policy()
-                source_dir = self._run_source()
-                # The source run moved the global random state (and may have set
-                # its own precision policy): start again from this recipe's seed,
-                # so that this run is the one a fresh process would make from the
-                # finished source run.
-                keras.mixed_precision.set_global_policy(policy)
-                keras.utils.set_random_seed(recipe.seed)
-                splits = load_splits(recipe)
-                model = build_model(recipe, splits["train"])
-                spec = {"path": str(source_dir), "layers": spec["layers"]}
+        if spec is not None and not resumed:
             copied = init_from(model, spec, recipe.file)
             self.console.print(f"initialized {', '.join(copied)} from {spec['path']}")
         resumed = self.prepare()

@@ -34,58 +34,8 @@ def _matches(key, path):
     return f"/{key.strip('/')}/" in f"/{path}/"
 
 
-class LRScalesMixin:
-    """Multiplies the learning rate of chosen variables by a fixed factor.
-
-    A key of `lr_scales` names a layer (``"transition"``) or a longer part
-    of a variable path made of whole segments
-    (``"transition/deep_transition_cell/kernel"``); a variable path such as
-    ``"model/transition/deep_transition_cell/kernel"`` matches both, but not
-    ``"trans"``. A variable takes the factor of the longest key that matches
-    its path, and 1 when none does. A key that matches no variable is an error when the optimizer
-    is built, so that a misspelt layer name cannot silently train at the
-    full rate. The factor multiplies the learning rate inside `update_step`,
-    after gradient clipping, so the clipping norm is that of the unscaled
-    gradients.
-    """
-
-    def _init_lr_scales(self, lr_scales):
-        self.lr_scales = _check_scales(type(self).__name__, lr_scales)
-        self._variable_lr_scales = None
-
-    def _build_lr_scales(self, variables):
-        if not self.lr_scales:
-            return
-        used = set()
-        factors = []
-        for variable in variables:
-            keys = [key for key in self.lr_scales if _matches(key, variable.path)]
-            if keys:
-                key = max(keys, key=len)
-                used.add(key)
-                factors.append(self.lr_scales[key])
-            else:
-                factors.append(1.0)
-        unused = [key for key in self.lr_scales if key not in used]
-        if unused:
-            paths = ", ".join(v.path for v in variables)
-            raise ValueError(
-                f"{type(self).__name__}: lr_scales key(s) {unused} match no trainable "
-                f"variable; the variables are: {paths}"
-            )
-        self._variable_lr_scales = factors
-
-    def _scaled(self, learning_rate, variable):
-        if not self._variable_lr_scales:
-            return learning_rate
-        factor = self._variable_lr_scales[self._get_variable_index(variable)]
-        if factor == 1.0:
-            return learning_rate
-        return ops.multiply(ops.cast(learning_rate, variable.dtype), factor)
-
-
 @export
-class ScaledSGD(LRScalesMixin, keras.optimizers.SGD):
+class ScaledSGD(keras.optimizers.SGD):
     """`keras.optimizers.SGD` with a learning-rate factor per layer.
 
     The same update as Keras' SGD, with the learning rate of the variables
@@ -95,12 +45,23 @@ class ScaledSGD(LRScalesMixin, keras.optimizers.SGD):
     learning rate on the pre-trained layers (``lr_scales={"transition":
     0.1}``). A factor of 0 freezes the variables without recompiling.
 
+    A key of `lr_scales` names a layer (``"transition"``) or a longer run of
+    whole segments of a variable path
+    (``"transition/deep_transition_cell/kernel"``): the path
+    ``"model/transition/deep_transition_cell/kernel"`` matches both, but not
+    ``"trans"``. A variable takes the factor of the longest key that matches
+    its path, and 1 when none does. A key that matches no variable is an
+    error when the optimizer is built, so that a misspelt layer name cannot
+    silently train at the full rate. The factor multiplies the learning rate
+    inside `update_step`, after gradient clipping, so the clipping norm is
+    that of the unscaled gradients.
+
     Args:
         learning_rate: float, `LearningRateSchedule` or callable.
         momentum: float >= 0, as for `keras.optimizers.SGD`.
         nesterov: bool, as for `keras.optimizers.SGD`.
-        lr_scales: dict from a layer name or variable-path prefix to a factor
-            >= 0; see `LRScalesMixin` for the matching rule.
+        lr_scales: dict from a layer name or a run of variable-path segments
+            to a factor >= 0 (matching rule above).
         **kwargs: the base optimizer's arguments (`global_clipnorm`, ...).
 
     Example:
@@ -120,16 +81,35 @@ class ScaledSGD(LRScalesMixin, keras.optimizers.SGD):
                  name="ScaledSGD", **kwargs):
         super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
                          name=name, **kwargs)
-        self._init_lr_scales(lr_scales)
+        self.lr_scales = _check_scales(type(self).__name__, lr_scales)
+        self._variable_lr_scales = None  # one factor per variable, set by build
 
     def build(self, variables):
         if self.built:
             return
         super().build(variables)
-        self._build_lr_scales(variables)
+        if not self.lr_scales:
+            return
+        factors, used = [], set()
+        for variable in variables:
+            keys = [key for key in self.lr_scales if _matches(key, variable.path)]
+            key = max(keys, key=len) if keys else None
+            used.add(key)
+            factors.append(self.lr_scales[key] if keys else 1.0)
+        unused = [key for key in self.lr_scales if key not in used]
+        if unused:
+            raise ValueError(
+                f"{type(self).__name__}: lr_scales key(s) {unused} match no trainable "
+                f"variable; the variables are: {', '.join(v.path for v in variables)}"
+            )
+        self._variable_lr_scales = factors
 
     def update_step(self, gradient, variable, learning_rate):
-        super().update_step(gradient, variable, self._scaled(learning_rate, variable))
+        factor = (self._variable_lr_scales[self._get_variable_index(variable)]
+                  if self._variable_lr_scales else 1.0)
+        if factor != 1.0:
+            learning_rate = ops.multiply(ops.cast(learning_rate, variable.dtype), factor)
+        super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
         config = super().get_config()
