@@ -5,6 +5,7 @@ importing Keras); `load(path, overrides, smoke)` also checks every name,
 configuration and data file, so that a bad recipe fails before any work.
 """
 
+import dataclasses
 import copy
 import re
 from pathlib import Path
@@ -177,7 +178,7 @@ def load(path, overrides=(), smoke=False, check_names=True, _chain=()):
         A `deepkit.recipe.schema.Recipe`. With ``init_from.recipe``, the
         source recipe is loaded and validated too (with the ``set``
         overrides, and its smoke block for a smoke run) and kept as
-        ``recipe.init_from["source"]``.
+        ``recipe.init_source``.
     """
     raw = resolve(read(path), overrides, smoke, file=str(path))
     recipe = schema.parse(raw, file=str(path))
@@ -189,7 +190,8 @@ def load(path, overrides=(), smoke=False, check_names=True, _chain=()):
         except RecipeError as e:
             raise e.at(file=str(path)) from None
     if recipe.init_from is not None and "recipe" in recipe.init_from:
-        recipe.init_from["source"] = _load_source(recipe, path, smoke, check_names, _chain)
+        source = _load_source(recipe, path, smoke, check_names, _chain)
+        recipe = dataclasses.replace(recipe, init_source=source)
     return recipe
 
 

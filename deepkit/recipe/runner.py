@@ -426,13 +426,13 @@ class Runner:
 
     # -- init_from: {recipe: ...} ----------------------------------------------
     def _source_dir(self):
-        source = self.recipe.init_from["source"]
+        source = self.recipe.init_source
         return self.run_dir / "init_from" / source.name
 
     def _run_source(self):
         """Run (or resume, or reuse) the source recipe inside this run's
         directory; returns its run directory."""
-        source, run_dir = self.recipe.init_from["source"], self._source_dir()
+        source, run_dir = self.recipe.init_source, self._source_dir()
         self.console.print(f"init_from: the source recipe {source.name} runs first, "
                            f"in {run_dir}")
         policy = keras.mixed_precision.global_policy()
@@ -447,11 +447,10 @@ class Runner:
         return run_dir
 
     def _source_summary(self):
-        spec = self.recipe.init_from
-        if spec is None or "source" not in spec:
+        if self.recipe.init_source is None:
             return None
         run_dir = self._source_dir()
-        summary = {"recipe": spec["source"].name, "run_dir": str(run_dir)}
+        summary = {"recipe": self.recipe.init_source.name, "run_dir": str(run_dir)}
         if (run_dir / report.RESULTS).exists():
             source = report.load_results(run_dir)
             summary.update(metrics=source.get("metrics", {}),
@@ -470,7 +469,11 @@ class Runner:
                 self.console.print(report.table(results))
                 return results
         spec = recipe.init_from
-        if spec is not None and "source" in spec and not resumed:
+        if spec is not None and "recipe" in spec and recipe.init_source is None:
+            raise RecipeError("init_from.recipe names a source recipe that was not loaded: "
+                              "load the recipe with deepkit.recipe.load.load, which loads "
+                              "and validates its source", "init_from.recipe", recipe.file)
+        if recipe.init_source is not None and not resumed:
             # The source recipe runs to the end first, so this run then starts
             # as a fresh process would from the finished source run.
             spec = {"path": str(self._run_source()), "layers": spec["layers"]}

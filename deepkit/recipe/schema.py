@@ -93,6 +93,9 @@ class Recipe:
     mixed_precision: bool = False
     description: str = ""
     init_from: Optional[dict] = None
+    # The loaded, validated source recipe of `init_from.recipe` (a Recipe),
+    # filled in by `deepkit.recipe.load.load`; None otherwise.
+    init_source: Any = dataclasses.field(default=None, compare=False, repr=False)
     file: Optional[str] = None
     raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 

@@ -548,3 +548,19 @@ def test_bad_init_from_is_a_recipe_error_and_writes_nothing(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert message in err and where in err and "Traceback" not in err
     assert not run_dir.exists()
+
+
+def test_init_from_a_recipe_parsed_without_its_source_is_a_clear_error(tmp_path):
+    # schema.parse alone does not load the source recipe (load.load does);
+    # the runner says so instead of failing on a missing path.
+    from deepkit.recipe import schema
+    from deepkit.recipe.errors import RecipeError
+    from deepkit.recipe.runner import Runner
+
+    raw = _named_tiny()
+    raw["init_from"] = {"recipe": "pretrain", "layers": ["hidden"]}
+    recipe = schema.parse(raw, file="target.yaml")
+    assert recipe.init_source is None
+    with pytest.raises(RecipeError, match="not loaded"):
+        Runner(recipe, tmp_path / "run").run()
+    assert not (tmp_path / "run").exists()
