@@ -338,6 +338,19 @@ def parse(raw, file=None):
         if not layers or not all(isinstance(n, str) for n in layers):
             raise RecipeError(f"expected a non-empty list of layer names, found {describe(layers)}",
                               "init_from.layers", file)
+        if model_spec.sequential is not None:
+            # A sequential model's layers are found by the names the recipe
+            # gives them (Keras' automatic names change with whatever was
+            # built before), so a misspelt name is caught here, before a
+            # source recipe runs for minutes.
+            named = [spec.config.get("name") for spec in model_spec.sequential
+                     if isinstance(spec.config.get("name"), str)]
+            for i, name in enumerate(layers):
+                if name not in named:
+                    raise RecipeError(
+                        f"no layer of model.sequential is named {name!r}; give the layer "
+                        f"`name: {name}` in its configuration (named layers: "
+                        f"{', '.join(named) or 'none'})", f"init_from.layers[{i}]", file)
         init_from = {source: init_from[source], "layers": list(layers)}
         if source == "recipe":
             init_from["set"] = list(overrides)

@@ -233,6 +233,12 @@ CASES = {
         [],
         ["init_from", "layers"],
     ),
+    "init_from_unnamed_layer": (
+        # Checked when the recipe is read, before any source recipe runs.
+        _edit(lambda raw: raw.update(init_from={"recipe": "other", "layers": ["nope"]})),
+        [],
+        ["init_from.layers[0]", "no layer of model.sequential is named 'nope'"],
+    ),
     "init_from_empty_layers": (
         _edit(lambda raw: raw.update(init_from={"path": "runs/x", "layers": []})),
         [],

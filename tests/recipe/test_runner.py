@@ -521,7 +521,8 @@ def test_bad_init_from_recipe_is_a_recipe_error(tmp_path, capsys, monkeypatch, i
 
 @pytest.mark.parametrize("change, message, where", [
     ({"path": "nowhere"}, "no trained model at nowhere: expected the directory", "init_from.path"),
-    ({"layers": ["hiden"]}, "has no layer 'hiden'; its layers: ", "init_from.layers[0]"),
+    ({"layers": ["hiden"]}, "no layer of model.sequential is named 'hiden'; give the layer "
+     "`name: hiden`", "init_from.layers[0]"),
     ({"units": 8}, "has weights of shapes", "init_from.layers[0]"),
     ({"out_name": "head", "layers": ["hidden", "head"]},
      "the model in {source}/model.keras has no layer 'head'; its layers: ", "init_from.layers[1]"),
