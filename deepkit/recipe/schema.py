@@ -345,11 +345,11 @@ def parse(raw, file=None):
             # source recipe runs for minutes.
             named = [spec.config.get("name") for spec in model_spec.sequential
                      if isinstance(spec.config.get("name"), str)]
-            for i, name in enumerate(layers):
-                if name not in named:
+            for i, layer_name in enumerate(layers):
+                if layer_name not in named:
                     raise RecipeError(
-                        f"no layer of model.sequential is named {name!r}; give the layer "
-                        f"`name: {name}` in its configuration (named layers: "
+                        f"no layer of model.sequential is named {layer_name!r}; give the "
+                        f"layer `name: {layer_name}` in its configuration (named layers: "
                         f"{', '.join(named) or 'none'})", f"init_from.layers[{i}]", file)
         init_from = {source: init_from[source], "layers": list(layers)}
         if source == "recipe":
