@@ -48,11 +48,15 @@ def callback_state(callback):
 
     Callbacks with `get_state()` (deepkit's) give their own; for Keras'
     `EarlyStopping` and `ReduceLROnPlateau` the state is read from their
-    attributes, and the arrays are `EarlyStopping`'s best weights.
+    attributes, and the arrays are `EarlyStopping`'s best weights. None
+    for a callback without state to keep (see `keeps_state`).
     """
     if _own_state(callback):
         return callback.get_state()
-    state = {f: _json_number(getattr(callback, f)) for f in _keras_fields(callback)}
+    fields = _keras_fields(callback)
+    if fields is None:
+        return None
+    state = {f: _json_number(getattr(callback, f)) for f in fields}
     return state, getattr(callback, "best_weights", None)
 
 

@@ -102,10 +102,8 @@ class ConditionalGatedMLP(keras.Model):
         self.reinforce_scale = float(reinforce_scale)
         self.seed = seed
 
-        def constraint(value=self.max_norm):
-            if value is None:
-                return None
-            return keras.constraints.MaxNorm(value, axis=0)
+        def constraint(value):
+            return None if value is None else keras.constraints.MaxNorm(value, axis=0)
 
         def glorot(scale=1.0, offset=0):
             return keras.initializers.VarianceScaling(
@@ -119,14 +117,14 @@ class ConditionalGatedMLP(keras.Model):
             self.gater_units,
             activation="tanh",
             kernel_initializer=glorot(1.0, 1),
-            kernel_constraint=constraint(),
+            kernel_constraint=constraint(self.max_norm),
             name="gater_hidden",
         )
         # 4x the Glorot range for the sigmoid gates, as in the authors' code.
         self.gater_output = keras.layers.Dense(
             self.units,
             kernel_initializer=glorot(16.0, 2),
-            kernel_constraint=constraint(),
+            kernel_constraint=constraint(self.max_norm),
             name="gater_output",
         )
         if gate == "noisy_rectifier":
@@ -147,7 +145,7 @@ class ConditionalGatedMLP(keras.Model):
         self.main = keras.layers.Dense(
             self.units,
             kernel_initializer=glorot(1.0, 3),
-            kernel_constraint=constraint(),
+            kernel_constraint=constraint(self.max_norm),
             name="main",
         )
         self.classifier = keras.layers.Dense(
