@@ -1,0 +1,223 @@
+"""Tests for deepkit.models.HardParallelMixture and balanced_assignment."""
+
+import json
+import os
+
+import keras
+import numpy as np
+from keras import ops
+
+from deepkit.models import HardParallelMixture, balanced_assignment
+from deepkit.models.hard_mixture import _ExpertPhase
+from deepkit.testing import TestCase, weight_gradients
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(64, 2, 3)).astype("float32")
+Y = ((X[:, 0, 0] > 0).astype("int32") + 2 * (X[:, 1, 1] > 0)).astype("int32")
+
+
+def small(**kwargs):
+    config = dict(num_experts=4, expert_units=5, num_classes=4, gater_units=3, seed=1)
+    config.update(kwargs)
+    return HardParallelMixture(**config)
+
+
+def compiled(**kwargs):
+    model = small(**kwargs)
+    model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def numpy_expert_logits(model, m, x):
+    w1, b1, w2, b2 = (ops.convert_to_numpy(v) for v in model._expert_variables())
+    h = np.maximum(x.reshape(len(x), -1) @ w1[m] + b1[m], 0.0)
+    return h @ w2[m] + b2[m]
+
+
+def softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class BalancedAssignmentTest(TestCase):
+    def test_hand_worked_example(self):
+        # Everyone prefers expert 0; capacity 2 sends the third and fourth
+        # examples (in assignment order) to their second choices.
+        weights = np.array([[0.9, 0.1, 0.0],
+                            [0.6, 0.3, 0.1],
+                            [0.7, 0.1, 0.2],
+                            [0.8, 0.15, 0.05]])
+        got = balanced_assignment(weights, capacity=2, order=[0, 1, 2, 3])
+        self.assertAllEqual(got, [0, 0, 2, 1])
+        # Another order: example 3 and 2 come first and keep expert 0.
+        got = balanced_assignment(weights, capacity=2, order=[3, 2, 1, 0])
+        self.assertAllEqual(got, [1, 1, 0, 0])
+
+    def test_capacity_is_never_exceeded(self):
+        weights = RNG.random((101, 5))
+        weights[:, 2] += 10.0  # a popular expert
+        got = balanced_assignment(weights, capacity=21, order=RNG.permutation(101))
+        counts = np.bincount(got, minlength=5)
+        self.assertLessEqual(counts.max(), 21)
+        self.assertEqual(counts.sum(), 101)
+        self.assertEqual(counts[2], 21)
+
+    def test_too_small_a_capacity_is_an_error(self):
+        with self.assertRaisesRegex(ValueError, "capacity 2 x 3 experts holds fewer than the 7"):
+            balanced_assignment(np.ones((7, 3)), capacity=2, order=range(7))
+
+
+class HardParallelMixtureTest(TestCase):
+    def test_config_round_trip_and_registration(self):
+        model = small(combine="soft", capacity_slack=0.2, gater_learning_rate=0.05)
+        config = model.get_config()
+        self.assertEqual(json.loads(json.dumps(config)), config)
+        self.assertEqual(
+            keras.saving.serialize_keras_object(model)["registered_name"],
+            "deepkit>HardParallelMixture",
+        )
+        self.assertEqual(HardParallelMixture.from_config(config).get_config(), config)
+
+    def test_hard_output_is_the_argmax_experts_softmax(self):
+        model = small(combine="hard")
+        probs = ops.convert_to_numpy(model(X))
+        weights = ops.convert_to_numpy(model.gater_weights(X))
+        chosen = weights.argmax(axis=1)
+        expected = np.stack([
+            softmax(numpy_expert_logits(model, m, X[i:i + 1]))[0] for i, m in enumerate(chosen)
+        ])
+        self.assertAllClose(probs, expected, atol=1e-5)
+
+    def test_soft_output_is_the_gater_weighted_mixture(self):
+        model = small(combine="soft")
+        probs = ops.convert_to_numpy(model(X))
+        weights = ops.convert_to_numpy(model.gater_weights(X))
+        experts = np.stack([softmax(numpy_expert_logits(model, m, X)) for m in range(4)], axis=1)
+        self.assertAllClose(probs, (weights[:, :, None] * experts).sum(axis=1), atol=1e-5)
+
+    def test_expert_phase_trains_each_expert_on_its_own_group_only(self):
+        model = small()
+        model(X)
+        grouped = X.reshape(4, 16, -1)[None]  # expert m gets the m-th 16 examples
+        labels = Y.reshape(4, 16)[None]
+        phase = _ExpertPhase(model)
+        scale = 4.0
+
+        def loss_fn(out):
+            return scale * ops.mean(keras.losses.sparse_categorical_crossentropy(labels, out))
+
+        for layer in model.gater:  # as in fit's expert phase
+            layer.trainable = False
+        grads = weight_gradients(phase, grouped, loss_fn)
+        names = [v.path for v in phase.trainable_variables]
+        self.assertLen(names, 4)
+        kernel_grad = grads[names.index(model.expert_kernel_2.path)]
+        for m in range(4):
+            # Each expert's gradient is that of its own mean loss on its group.
+            x = X.reshape(4, 16, -1)[m]
+            h = np.maximum(x @ ops.convert_to_numpy(model.expert_kernel_1)[m]
+                           + ops.convert_to_numpy(model.expert_bias_1)[m], 0.0)
+            p = softmax(numpy_expert_logits(model, m, x))
+            p[np.arange(16), labels[0, m]] -= 1.0
+            self.assertAllClose(kernel_grad[m], h.T @ p / 16, atol=1e-5)
+
+    def test_gater_phase_leaves_the_experts_and_expert_phase_the_gater(self):
+        model = compiled(expert_epochs=1, gater_epochs=1)
+        model(X)
+        experts_before = [ops.convert_to_numpy(v) for v in model._expert_variables()]
+        gater_before = [ops.convert_to_numpy(v) for layer in model.gater for v in layer.weights]
+        model._train_gater(X, Y, 8, np.random.default_rng(0))
+        for before, v in zip(experts_before, model._expert_variables()):
+            self.assertAllEqual(ops.convert_to_numpy(v), before)
+        gater_mid = [ops.convert_to_numpy(v) for layer in model.gater for v in layer.weights]
+        self.assertTrue(any(np.abs(a - b).max() > 0 for a, b in zip(gater_mid, gater_before)))
+        assignment = model.assignment(X.reshape(64, -1), 0)
+        model._train_experts(X, Y, assignment, 4, np.random.default_rng(1))
+        for before, v in zip(gater_mid, [v for layer in model.gater for v in layer.weights]):
+            self.assertAllEqual(ops.convert_to_numpy(v), before)
+        self.assertTrue(any(
+            np.abs(ops.convert_to_numpy(v) - b).max() > 0
+            for v, b in zip(model._expert_variables(), experts_before)
+        ))
+        # Freezing was temporary.
+        self.assertTrue(all(v.trainable for v in model.trainable_variables))
+        self.assertLen(model.trainable_variables, 4 + 2 * len(model.gater))
+
+    def test_round_zero_is_an_even_random_split_and_later_rounds_respect_capacity(self):
+        model = small(capacity_slack=0.25)
+        model(X)
+        first = model.assignment(X, 0)
+        self.assertAllEqual(np.bincount(first, minlength=4), [16, 16, 16, 16])
+        self.assertAllEqual(first, model.assignment(X, 0))  # from (seed, round)
+        later = model.assignment(X, 1)
+        self.assertEqual(model.capacity(64), 20)
+        self.assertLessEqual(np.bincount(later, minlength=4).max(), 20)
+        weights = ops.convert_to_numpy(model.gater_weights(X))
+        order = np.random.default_rng([1, 1]).permutation(64)
+        self.assertAllEqual(later, balanced_assignment(weights, 20, order))
+
+    def test_fit_runs_rounds_and_logs(self):
+        model = compiled(expert_epochs=2)
+        history = model.fit(X, Y, batch_size=4, epochs=3, validation_data=(X, Y), verbose=0)
+        logs = history.history
+        for key in ("loss", "accuracy", "expert_loss", "reassigned", "largest_subset",
+                    "val_loss", "val_accuracy"):
+            self.assertLen(logs[key], 3)
+        self.assertEqual(logs["reassigned"][0], 1.0)
+        self.assertLessEqual(max(logs["largest_subset"][1:]), model.capacity(64) * 4 / 64)
+        self.assertLess(logs["loss"][-1], logs["loss"][0])
+
+    def test_early_stopping_ends_the_rounds(self):
+        model = compiled()
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=0, min_delta=10.0)
+        history = model.fit(X, Y, batch_size=4, epochs=5, validation_data=(X, Y),
+                            callbacks=[stop], verbose=0)
+        self.assertLen(history.history["loss"], 2)
+
+    def test_resuming_at_a_round_continues_exactly(self):
+        whole = compiled()
+        whole.fit(X, Y, batch_size=4, epochs=2, verbose=0)
+        first = compiled()
+        first.fit(X, Y, batch_size=4, epochs=1, verbose=0)
+        resumed = compiled()
+        resumed(X)
+        resumed.set_weights(first.get_weights())
+        resumed.fit(X, Y, batch_size=4, epochs=2, initial_epoch=1, verbose=0)
+        for a, b in zip(resumed.get_weights(), whole.get_weights()):
+            self.assertAllClose(a, b, atol=1e-5)
+
+    def test_fit_accepts_a_dataset_holding_arrays(self):
+        class Holder:
+            arrays = (X, Y)
+            batch_size = 4
+
+        model = compiled()
+        history = model.fit(Holder(), epochs=1, verbose=0)
+        self.assertLen(history.history["loss"], 1)
+
+    def test_save_and_load(self):
+        model = compiled()
+        model.fit(X, Y, batch_size=4, epochs=1, verbose=0)
+        path = os.path.join(self.get_temp_dir(), "hard_mixture.keras")
+        model.save(path)
+        loaded = keras.saving.load_model(path, safe_mode=True)
+        self.assertIsInstance(loaded, HardParallelMixture)
+        self.assertAllClose(loaded.predict(X, verbose=0), model.predict(X, verbose=0), atol=1e-6)
+
+    def test_bad_arguments(self):
+        with self.assertRaisesRegex(ValueError, "combine must be one of"):
+            small(combine="top_k")
+        with self.assertRaisesRegex(ValueError, "expert_epochs must be at least 1"):
+            small(expert_epochs=0)
+        model = small()
+        with self.assertRaisesRegex(ValueError, "compile the HardParallelMixture"):
+            model.fit(X, Y, epochs=1, verbose=0)
+        model = compiled()
+        with self.assertRaisesRegex(ValueError, "does not take \\['steps_per_epoch'\\]"):
+            model.fit(X, Y, epochs=1, steps_per_epoch=3)
+        with self.assertRaisesRegex(ValueError, "3 training examples cannot be split among 4"):
+            model.fit(X[:3], Y[:3], epochs=1, verbose=0)
+        with self.assertRaisesRegex(ValueError, "needs the whole training set as arrays"):
+            model.fit(X, epochs=1, verbose=0)
