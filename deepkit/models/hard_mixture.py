@@ -465,7 +465,9 @@ class HardParallelMixture(keras.Model):
                 add_progbar=verbose not in (0, "auto"),
                 verbose=verbose,
                 epochs=epochs,
-                steps=1,
+                # One "batch" per round, reported as the last of a pass over
+                # the training set, so that progress bars count examples.
+                steps=math.ceil(len(x) / batch_size),
                 model=self,
             )
         self.stop_training = False
@@ -492,7 +494,7 @@ class HardParallelMixture(keras.Model):
             )
             logs["largest_subset"] = float(counts.max() * self.num_experts / len(x))
             previous = assignment
-            callbacks.on_train_batch_end(0, logs)
+            callbacks.on_train_batch_end(math.ceil(len(x) / batch_size) - 1, logs)
             if validation_data is not None:
                 val_x, val_y = _arrays(validation_data, None)
                 val_logs = self.evaluate(
