@@ -224,6 +224,7 @@ class HardParallelMixture(keras.Model):
             )
         )
         self.gater = gater
+        self.last_assignment = None
 
     def _seed(self, offset):
         return None if self.seed is None else int(self.seed) + offset
@@ -474,9 +475,11 @@ class HardParallelMixture(keras.Model):
         logs = {}
         callbacks.on_train_begin()
         initial_epoch = self._initial_epoch or initial_epoch
-        previous = None
-        if initial_epoch > 0:
-            previous = self.assignment(x, initial_epoch - 1, max(batch_size, 256))
+        # The last round's assignment, restored with the weights when a run
+        # resumes (see save_own_variables), for the `reassigned` log.
+        previous = self.last_assignment if initial_epoch > 0 else None
+        if previous is not None and len(previous) != len(x):
+            previous = None
         for round_index in range(initial_epoch, epochs):
             callbacks.on_epoch_begin(round_index)
             callbacks.on_train_batch_begin(0)
@@ -493,7 +496,7 @@ class HardParallelMixture(keras.Model):
                 float(np.mean(assignment != previous)) if previous is not None else 1.0
             )
             logs["largest_subset"] = float(counts.max() * self.num_experts / len(x))
-            previous = assignment
+            previous = self.last_assignment = assignment
             callbacks.on_train_batch_end(math.ceil(len(x) / batch_size) - 1, logs)
             if validation_data is not None:
                 val_x, val_y = _arrays(validation_data, None)
@@ -507,6 +510,25 @@ class HardParallelMixture(keras.Model):
                 break
         callbacks.on_train_end(logs)
         return self.history
+
+    def save_own_variables(self, store):
+        """The weights, plus the last round's assignment when there is one.
+
+        A checkpoint taken after round r then carries what round r + 1
+        compares its reassignment with, so a resumed run logs the same
+        ``reassigned`` fraction as an uninterrupted one.
+        """
+        super().save_own_variables(store)
+        if self.last_assignment is not None:
+            store["last_assignment"] = np.asarray(self.last_assignment, dtype=np.int32)
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        self.last_assignment = None
+        if "last_assignment" in keys:
+            self.last_assignment = np.asarray(store["last_assignment"], dtype=np.int32)
+            store = {key: store[key] for key in keys if key != "last_assignment"}
+        super().load_own_variables(store)
 
     def get_config(self):
         config = super().get_config()

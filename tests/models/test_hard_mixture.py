@@ -178,15 +178,20 @@ class HardParallelMixtureTest(TestCase):
 
     def test_resuming_at_a_round_continues_exactly(self):
         whole = compiled()
-        whole.fit(X, Y, batch_size=4, epochs=2, verbose=0)
+        logs = whole.fit(X, Y, batch_size=4, epochs=3, verbose=0).history
         first = compiled()
-        first.fit(X, Y, batch_size=4, epochs=1, verbose=0)
+        first.fit(X, Y, batch_size=4, epochs=2, verbose=0)
+        path = os.path.join(self.get_temp_dir(), "round2.weights.h5")
+        first.save_weights(path)
         resumed = compiled()
         resumed(X)
-        resumed.set_weights(first.get_weights())
-        resumed.fit(X, Y, batch_size=4, epochs=2, initial_epoch=1, verbose=0)
+        resumed.load_weights(path)  # weights and the last assignment
+        self.assertAllEqual(resumed.last_assignment, first.last_assignment)
+        resumed_logs = resumed.fit(X, Y, batch_size=4, epochs=3, initial_epoch=2, verbose=0).history
         for a, b in zip(resumed.get_weights(), whole.get_weights()):
             self.assertAllClose(a, b, atol=1e-5)
+        self.assertAllClose(resumed_logs["reassigned"][0], logs["reassigned"][2])
+        self.assertAllClose(resumed_logs["loss"][0], logs["loss"][2], atol=1e-5)
 
     def test_fit_accepts_a_dataset_holding_arrays(self):
         class Holder:
