@@ -142,6 +142,57 @@ def test_run_directory_holds_everything(finished_run):
     assert f"- backend: {keras.backend.backend()}" in md
 
 
+HARD_KILL = """\
+name: hardkill
+seed: 4
+data: {dataset: mnist_sample, flatten: true, limit: 600, validation: 100, batch_size: 10}
+model:
+  HardParallelMixture: {num_experts: 3, expert_units: 8, num_classes: 10, gater_units: 4, seed: 4}
+compile:
+  optimizer: {SGD: {learning_rate: 0.1}}
+  loss: sparse_categorical_crossentropy
+  metrics: [accuracy]
+fit:
+  epochs: 4
+  callbacks:
+    - EarlyStopping: {monitor: val_loss, patience: 3}
+    - KillAt: {epoch: 2, batch: LAST_BATCH}
+evaluate: {splits: [test]}
+"""
+
+
+def test_killed_hard_mixture_run_resumes_to_the_same_result(tmp_path):
+    # HardParallelMixture.fit is its own loop (one round per epoch, reported
+    # as one pass of batches); the runner's backup must resume it exactly.
+    x, _ = datasets.load("mnist_sample", "train", flatten=True, limit=600, validation=100)
+    last_batch = -(-len(x) // 10) - 1
+    recipe = _write(tmp_path, "hardkill.yaml", HARD_KILL.replace("LAST_BATCH", str(last_batch)))
+    resumed, fresh = tmp_path / "resumed", tmp_path / "fresh"
+    killed_process = _start(recipe, resumed, kill=True)
+    fresh_process = _start(recipe, fresh, kill=False)
+    code, log = _finish(killed_process)
+    assert code == -signal.SIGKILL, log
+    assert [int(r["epoch"]) for r in _rows(resumed / "history.csv")] == [0, 1]
+    code, log = _finish(_start(recipe, resumed, kill=False))
+    assert code == 0, log
+    assert "resuming the run in" in log
+    assert [line.split(":")[0] for line in log.splitlines() if line.startswith("epoch ")] == [
+        "epoch 3/4", "epoch 4/4"], log
+    code, log = _finish(fresh_process)
+    assert code == 0, log
+    history = _numbers(_rows(resumed / "history.csv"))
+    assert "reassigned" in history[0]
+    np.testing.assert_array_equal(
+        [list(r.values()) for r in history],
+        [list(r.values()) for r in _numbers(_rows(fresh / "history.csv"))])
+    results = json.loads((resumed / "results.json").read_text())["metrics"]
+    fresh_results = json.loads((fresh / "results.json").read_text())["metrics"]
+    assert results == fresh_results
+    weights = [deepkit.load_model(d / "model.keras").get_weights() for d in (resumed, fresh)]
+    np.testing.assert_array_equal(np.concatenate([np.ravel(w) for w in weights[0]]),
+                                  np.concatenate([np.ravel(w) for w in weights[1]]))
+
+
 # -- (d) finished and foreign run directories ---------------------------------
 
 
