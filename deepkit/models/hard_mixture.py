@@ -48,9 +48,15 @@ def balanced_assignment(weights, capacity, order):
 def _arrays(x, y):
     """`(x, y)` numpy arrays from arrays or a PyDataset holding `.arrays`."""
     if y is None and hasattr(x, "arrays"):
-        x, y = x.arrays[0], x.arrays[1]
-    elif y is None and isinstance(x, (tuple, list)) and len(x) == 2:
-        x, y = x
+        x = tuple(x.arrays)
+    if y is None and isinstance(x, (tuple, list)):
+        if len(x) > 2:
+            raise ValueError(
+                "HardParallelMixture.fit does not take sample weights; got "
+                f"{len(x)} arrays (x, y, ...)"
+            )
+        if len(x) == 2:
+            x, y = x
     if y is None:
         raise ValueError(
             "HardParallelMixture.fit needs the whole training set as arrays, "
@@ -366,10 +372,14 @@ class HardParallelMixture(keras.Model):
         experts = self.num_experts
         members = [np.flatnonzero(assignment == m) for m in range(experts)]
         steps = max(1, max(math.ceil(len(idx) / batch_size) for idx in members))
-        grouped = np.empty((steps, experts, batch_size), dtype=np.int64)
+        grouped = np.zeros((steps, experts, batch_size), dtype=np.int64)
+        # An expert that the reassignment left without examples sits out the
+        # round: its slots hold example 0 with weight 0.
+        weights = np.ones((steps, experts, batch_size), dtype="float32")
         for m, idx in enumerate(members):
             if len(idx) == 0:
-                raise ValueError(f"expert {m} was assigned no training example")
+                weights[:, m, :] = 0.0
+                continue
             order = rng.permutation(idx)
             need = steps * batch_size
             if need > len(order):  # pad with a random draw from the same subset
@@ -387,7 +397,7 @@ class HardParallelMixture(keras.Model):
 
         phase.compile(optimizer=self._phase_optimizer(), loss=loss)
         history = self._fit_phase(
-            phase, self._expert_variables(), xg, yg,
+            phase, self._expert_variables(), xg, yg, sample_weight=weights,
             batch_size=1, epochs=self.expert_epochs, verbose=0, shuffle=False,
         )
         return history.history["loss"][-1] / scale

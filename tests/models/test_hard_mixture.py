@@ -145,6 +145,17 @@ class HardParallelMixtureTest(TestCase):
         self.assertTrue(all(v.trainable for v in model.trainable_variables))
         self.assertLen(model.trainable_variables, 4 + 2 * len(model.gater))
 
+    def test_an_expert_without_examples_sits_out_the_round(self):
+        model = compiled()
+        model(X)
+        before = [ops.convert_to_numpy(v) for v in model._expert_variables()]
+        assignment = np.arange(64) % 3  # expert 3 gets nothing
+        model._train_experts(X, Y, assignment, 4, np.random.default_rng(0))
+        after = [ops.convert_to_numpy(v) for v in model._expert_variables()]
+        for b, a in zip(before, after):
+            self.assertAllEqual(a[3], b[3])
+            self.assertGreater(np.abs(a[:3] - b[:3]).max(), 0)
+
     def test_round_zero_is_an_even_random_split_and_later_rounds_respect_capacity(self):
         model = small(capacity_slack=0.25)
         model(X)
@@ -226,3 +237,5 @@ class HardParallelMixtureTest(TestCase):
             model.fit(X[:3], Y[:3], epochs=1, verbose=0)
         with self.assertRaisesRegex(ValueError, "needs the whole training set as arrays"):
             model.fit(X, epochs=1, verbose=0)
+        with self.assertRaisesRegex(ValueError, "does not take sample weights; got 3 arrays"):
+            model.fit((X, Y, np.ones(64)), epochs=1, verbose=0)
