@@ -235,6 +235,10 @@ class HardParallelMixture(keras.Model):
     def _seed(self, offset):
         return None if self.seed is None else int(self.seed) + offset
 
+    def _rng(self, *keys):
+        """The generator of one use (round, phase) drawn from the seed."""
+        return np.random.default_rng([0 if self.seed is None else int(self.seed), *keys])
+
     def build(self, input_shape):
         dim = 1
         for size in input_shape[1:]:
@@ -242,19 +246,23 @@ class HardParallelMixture(keras.Model):
         self.input_dim = int(dim)
         experts, hidden, classes = self.num_experts, self.expert_units, self.num_classes
 
-        def glorot(fan_in, fan_out, offset):
-            limit = math.sqrt(6.0 / (fan_in + fan_out))
-            return keras.initializers.RandomUniform(-limit, limit, seed=self._seed(offset))
+        def glorot(offset):
+            # Keras counts the expert axis of an [M, d, h] kernel into both
+            # fans; scale M makes each expert Glorot-uniform on its own fans
+            # (as GatedExperts does).
+            return keras.initializers.VarianceScaling(
+                scale=experts, mode="fan_avg", distribution="uniform", seed=self._seed(offset)
+            )
 
         self.expert_kernel_1 = self.add_weight(
-            shape=(experts, dim, hidden), initializer=glorot(dim, hidden, 3), name="expert_kernel_1"
+            shape=(experts, dim, hidden), initializer=glorot(3), name="expert_kernel_1"
         )
         self.expert_bias_1 = self.add_weight(
             shape=(experts, hidden), initializer="zeros", name="expert_bias_1"
         )
         self.expert_kernel_2 = self.add_weight(
             shape=(experts, hidden, classes),
-            initializer=glorot(hidden, classes, 4),
+            initializer=glorot(4),
             name="expert_kernel_2",
         )
         self.expert_bias_2 = self.add_weight(
@@ -327,13 +335,12 @@ class HardParallelMixture(keras.Model):
 
     def capacity(self, num_examples):
         """Most examples one expert may hold in step 4."""
-        share = num_examples / self.num_experts
-        return max(math.ceil(share * (1.0 + self.capacity_slack)), math.ceil(share))
+        return math.ceil(num_examples / self.num_experts * (1.0 + self.capacity_slack))
 
     def assignment(self, x, round_index, batch_size=256):
         """The expert of each training example in round `round_index`."""
         num = len(x)
-        rng = np.random.default_rng([0 if self.seed is None else int(self.seed), int(round_index)])
+        rng = self._rng(int(round_index))
         if round_index == 0:
             # Random subsets of equal size.
             return (rng.permutation(num) % self.num_experts).astype(np.int32)
@@ -469,6 +476,10 @@ class HardParallelMixture(keras.Model):
             )
         if not self.built:
             self.build((None,) + tuple(x.shape[1:]))
+        if validation_data is not None:
+            validation_data = _arrays(validation_data, None)
+        steps = math.ceil(len(x) / batch_size)
+        forward_batch = max(batch_size, 256)  # forward passes only
         if not isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = keras.callbacks.CallbackList(
                 callbacks,
@@ -478,7 +489,7 @@ class HardParallelMixture(keras.Model):
                 epochs=epochs,
                 # One "batch" per round, reported as the last of a pass over
                 # the training set, so that progress bars count examples.
-                steps=math.ceil(len(x) / batch_size),
+                steps=steps,
                 model=self,
             )
         self.stop_training = False
@@ -493,11 +504,9 @@ class HardParallelMixture(keras.Model):
         for round_index in range(initial_epoch, epochs):
             callbacks.on_epoch_begin(round_index)
             callbacks.on_train_batch_begin(0)
-            assignment = self.assignment(x, round_index, max(batch_size, 256))
+            assignment = self.assignment(x, round_index, forward_batch)
             counts = np.bincount(assignment, minlength=self.num_experts)
-            rng = np.random.default_rng(
-                [0 if self.seed is None else int(self.seed), int(round_index), 1]
-            )
+            rng = self._rng(int(round_index), 1)
             expert_loss = self._train_experts(x, y, assignment, batch_size, rng)
             gater_logs = self._train_gater(x, y, batch_size, rng)
             logs = dict(gater_logs)
@@ -507,11 +516,10 @@ class HardParallelMixture(keras.Model):
             )
             logs["largest_subset"] = float(counts.max() * self.num_experts / len(x))
             previous = self.last_assignment = assignment
-            callbacks.on_train_batch_end(math.ceil(len(x) / batch_size) - 1, logs)
+            callbacks.on_train_batch_end(steps - 1, logs)
             if validation_data is not None:
-                val_x, val_y = _arrays(validation_data, None)
                 val_logs = self.evaluate(
-                    val_x, val_y, batch_size=validation_batch_size or max(batch_size, 256),
+                    *validation_data, batch_size=validation_batch_size or forward_batch,
                     verbose=0, return_dict=True,
                 )
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
