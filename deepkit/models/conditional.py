@@ -48,8 +48,13 @@ class ConditionalGatedMLP(keras.Model):
             constraint.
         output_max_norm: the same for the softmax layer's weights. The
             authors' launch files set 2.1 on the gated layer only; their
-            output layer's settings are not in the repository. None for no
+            output layer (`StochasticSoftmax` 7764 in
+            nicholas-leonard/delicious) has no max-norm. None for no
             constraint.
+        input_dropout: dropout rate on the input, shared by the gater and
+            the main path (one mask per example, as in Hinton et al.'s and
+            Goodfellow et al.'s MNIST networks). Not in the paper, whose
+            only noise is the gates' own; 0 (the default) leaves it out.
         reinforce_scale: scale of the REINFORCE surrogate.
         seed: seed for the gates' samples and the initializers.
         **kwargs: base `Model` arguments.
@@ -82,6 +87,7 @@ class ConditionalGatedMLP(keras.Model):
         max_norm=2.1,
         output_max_norm=2.1,
         reinforce_scale=1.0,
+        input_dropout=0.0,
         seed=None,
         **kwargs,
     ):
@@ -100,6 +106,9 @@ class ConditionalGatedMLP(keras.Model):
         self.max_norm = None if max_norm is None else float(max_norm)
         self.output_max_norm = None if output_max_norm is None else float(output_max_norm)
         self.reinforce_scale = float(reinforce_scale)
+        self.input_dropout = float(input_dropout)
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout!r}")
         self.seed = seed
 
         def constraint(value):
@@ -113,6 +122,13 @@ class ConditionalGatedMLP(keras.Model):
                 seed=None if seed is None else seed + offset,
             )
 
+        self.dropout = (
+            keras.layers.Dropout(
+                self.input_dropout, seed=None if seed is None else seed + 5, name="input_dropout"
+            )
+            if self.input_dropout > 0
+            else None
+        )
         self.gater_hidden = keras.layers.Dense(
             self.gater_units,
             activation="tanh",
@@ -175,6 +191,8 @@ class ConditionalGatedMLP(keras.Model):
     def call(self, inputs, training=None):
         x = ops.reshape(inputs, (ops.shape(inputs)[0], -1))
         x = ops.cast(x, self.compute_dtype)
+        if self.dropout is not None:
+            x = self.dropout(x, training=training)
         gates = self.gates(self.gater_output(self.gater_hidden(x)), training=training)
         return self.classifier(gates * self.main(x))
 
@@ -210,6 +228,7 @@ class ConditionalGatedMLP(keras.Model):
                 "max_norm": self.max_norm,
                 "output_max_norm": self.output_max_norm,
                 "reinforce_scale": self.reinforce_scale,
+                "input_dropout": self.input_dropout,
                 "seed": self.seed,
             }
         )

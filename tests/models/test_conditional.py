@@ -60,6 +60,43 @@ class ConditionalGatedMLPTest(TestCase):
             norms = np.linalg.norm(ops.convert_to_numpy(model.classifier.kernel), axis=0)
             self.assertLessEqual(norms.max(), 0.25 + 1e-5, f"{gate}: classifier")
 
+    def test_input_dropout_masks_both_paths_in_training_only(self):
+        model = small(inference="threshold", input_dropout=0.5, max_norm=None)
+        plain = small(inference="threshold", max_norm=None)
+        model.build(X.shape)
+        plain.build(X.shape)
+        # Saturate the gates (|a| in the hundreds at least): a training-time sample
+        # 1[u < sigm(a)] is then the step 1[a > 0], so the training forward
+        # pass is deterministic given the dropout mask.
+        model.gater_output.kernel.assign(model.gater_output.kernel * 1.0e5)
+        plain.set_weights(model.get_weights())
+        # At inference the dropout layer is the identity.
+        self.assertAllClose(model(X), plain(X), atol=1e-6)
+        # In training both paths see x * mask / (1 - rate): replay the
+        # layer's mask from its seed state and rebuild the forward pass.
+        state = ops.convert_to_numpy(model.dropout.seed_generator.state).copy()
+        out = ops.convert_to_numpy(model(X, training=True))
+        model.dropout.seed_generator.state.assign(state)
+        x = X.reshape(16, -1)
+        dropped = ops.convert_to_numpy(model.dropout(x, training=True))
+        kept = dropped != 0
+        self.assertGreater(kept.mean(), 0.3)
+        self.assertLess(kept.mean(), 0.7)
+        self.assertAllClose(dropped[kept], 2.0 * x[kept], atol=1e-6)
+        a = ops.convert_to_numpy(model.gater_output(model.gater_hidden(dropped)))
+        self.assertGreater(np.abs(a).min(), 20.0)
+        gates = (a > 0).astype("float32")
+        expected = ops.convert_to_numpy(
+            model.classifier(gates * ops.convert_to_numpy(model.main(dropped)))
+        )
+        self.assertAllClose(out, expected, atol=1e-5)
+        self.assertGreater(np.abs(out - ops.convert_to_numpy(plain(X))).max(), 1e-3)
+        config = model.get_config()
+        self.assertEqual(config["input_dropout"], 0.5)
+        self.assertEqual(ConditionalGatedMLP.from_config(config).get_config(), config)
+        with self.assertRaisesRegex(ValueError, "input_dropout must be in"):
+            small(input_dropout=1.0)
+
     def test_output_max_norm_none_leaves_the_softmax_unconstrained(self):
         model = small(max_norm=0.5, output_max_norm=None)
         self.assertIsNone(model.classifier.kernel_constraint)
