@@ -177,6 +177,19 @@ class TestCase(unittest.TestCase):
     def assertLen(self, container, expected, msg=None):
         self.assertEqual(len(container), expected, msg)
 
+    def assertConfigRoundTrip(self, obj):
+        """Check that `obj` (a layer or model) has a JSON config, is
+        registered as ``deepkit>ClassName``, and that ``from_config`` gives
+        back the same config; returns the config."""
+        config = obj.get_config()
+        self.assertEqual(json.loads(json.dumps(config)), config, "config is not JSON")
+        self.assertEqual(
+            keras.saving.serialize_keras_object(obj)["registered_name"],
+            f"deepkit>{type(obj).__name__}",
+        )
+        self.assertEqual(type(obj).from_config(config).get_config(), config)
+        return config
+
 
 def _numpy(x):
     if isinstance(x, (list, tuple)):

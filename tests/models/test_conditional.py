@@ -1,6 +1,5 @@
 """Tests for deepkit.models.ConditionalGatedMLP."""
 
-import json
 import os
 
 import keras
@@ -23,13 +22,7 @@ def small(**kwargs):
 class ConditionalGatedMLPTest(TestCase):
     def test_config_round_trip_and_registration(self):
         model = small(gate="reinforce", inference="top_fraction")
-        config = model.get_config()
-        self.assertEqual(json.loads(json.dumps(config)), config)
-        self.assertEqual(
-            keras.saving.serialize_keras_object(model)["registered_name"],
-            "deepkit>ConditionalGatedMLP",
-        )
-        self.assertEqual(ConditionalGatedMLP.from_config(config).get_config(), config)
+        self.assertConfigRoundTrip(model)
 
     def test_forward_is_gate_times_main_path(self):
         model = small(inference="threshold")
@@ -91,9 +84,7 @@ class ConditionalGatedMLPTest(TestCase):
         )
         self.assertAllClose(out, expected, atol=1e-5)
         self.assertGreater(np.abs(out - ops.convert_to_numpy(plain(X))).max(), 1e-3)
-        config = model.get_config()
-        self.assertEqual(config["input_dropout"], 0.5)
-        self.assertEqual(ConditionalGatedMLP.from_config(config).get_config(), config)
+        self.assertEqual(self.assertConfigRoundTrip(model)["input_dropout"], 0.5)
         with self.assertRaisesRegex(ValueError, "input_dropout must be in"):
             small(input_dropout=1.0)
 
