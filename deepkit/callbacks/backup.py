@@ -161,7 +161,11 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
         tmp = folder / f"tmp-{name}"
         self.model.save_weights(str(tmp), overwrite=True)
         os.replace(tmp, folder / name)
-        meta = {"epoch": self._current_epoch, "batch": 0, "weights": name}
+        # Whether this epoch ended the training is recorded with or without
+        # kept callbacks: whatever set it (a callback, the model itself),
+        # a resumed run must not train past it.
+        meta = {"epoch": self._current_epoch, "batch": 0, "weights": name,
+                "stop_training": bool(self.model.stop_training)}
         keep = {name}
         if self.callbacks:
             states, arrays = [], {}
@@ -171,7 +175,6 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
                 for j, array in enumerate(weights or ()):
                     arrays[f"c{i}_{j:04d}"] = np.asarray(array)
             meta["callbacks"] = states
-            meta["stop_training"] = bool(self.model.stop_training)
             if arrays:
                 arrays_name = f"epoch-{self._current_epoch:05d}.callbacks.npz"
                 tmp = folder / f"tmp-{arrays_name}"

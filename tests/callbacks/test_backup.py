@@ -47,7 +47,8 @@ def test_one_weights_file_named_by_the_metadata(tmp_path):
     model = _model()
     model.fit(x, y, batch_size=40, epochs=3, shuffle=False, verbose=0,
               callbacks=[ExactBackupAndRestore(str(tmp_path), seed=SEED)])
-    assert _meta(tmp_path) == {"epoch": 3, "batch": 0, "weights": "epoch-00003.weights.h5"}
+    assert _meta(tmp_path) == {"epoch": 3, "batch": 0, "weights": "epoch-00003.weights.h5",
+                              "stop_training": False}
     assert _files(tmp_path) == ["epoch-00003.weights.h5", "training_metadata.json"]
     restored = _model(seed=99)
     restored.optimizer.build(restored.trainable_variables)
@@ -227,6 +228,33 @@ def test_a_run_that_stopped_early_does_not_train_again_on_resume(tmp_path):
     # and ends with the same (best) weights
     again, rates, (resumed,) = _train_with(tmp_path, make, epochs=30, lr=0.5, model_seed=SEED + 1)
     assert rates == [] and resumed.best_epoch == stopper.best_epoch
+    for a, b in zip(again, weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_stop_set_outside_the_kept_callbacks_is_kept_too(tmp_path):
+    # No callbacks handed to the backup; the model stops itself after its
+    # third epoch. A resume must not train again.
+    class StopAfter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                self.model.stop_training = True
+
+    def fit(model_seed):
+        x, y = _data()
+        data = EpochShuffledArrays((x, y), batch_size=30, seed=SEED, shuffle=True)
+        model = _model(model_seed)
+        backup = ExactBackupAndRestore(str(tmp_path), seed=SEED, data=data)
+        history = model.fit(data, epochs=10, shuffle=False, verbose=0,
+                            callbacks=[StopAfter(), backup])
+        return model.get_weights(), history.history.get("loss", [])
+
+    weights, losses = fit(SEED)
+    assert len(losses) == 3
+    meta = _meta(tmp_path)
+    assert meta["stop_training"] is True and meta["epoch"] == 3 and "callbacks" not in meta
+    again, losses = fit(SEED + 1)
+    assert losses == []
     for a, b in zip(again, weights):
         np.testing.assert_array_equal(a, b)
 
