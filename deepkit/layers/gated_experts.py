@@ -384,14 +384,9 @@ class GatedExperts(keras.layers.Layer):
         # Fixed-capacity dispatch.
         factor = self.train_capacity_factor if training else self.eval_capacity_factor
         capacity = routing.expert_capacity(num_tokens, self.num_experts, factor, self.k)
-        position = routing.positions_in_expert(expert_index, self.num_experts, valid)
-        slot, keep = routing.dispatch_slots(expert_index, position, capacity)
-        buffer = routing.dispatch(tokens, slot, keep, self.num_experts * capacity)
-        buffer = ops.reshape(buffer, (self.num_experts, capacity, input_dim))
-        expert_outputs = self._run_experts(buffer)
-        expert_outputs = ops.reshape(expert_outputs, (-1, self._output_dim))
-        outputs = routing.combine(
-            expert_outputs, slot, keep, ops.cast(gates, self.compute_dtype)
+        outputs, keep = routing.run_in_expert_buffers(
+            tokens, expert_index, ops.cast(gates, self.compute_dtype), self.num_experts,
+            capacity, self._run_experts, valid,
         )
         if self.residual:
             outputs = tokens + outputs

@@ -432,3 +432,43 @@ def combine(expert_outputs, slot, keep, gates):
     gathered = ops.take(expert_outputs, slot, axis=0)  # [T, k, h]
     weights = ops.cast(weights, gathered.dtype)
     return ops.sum(gathered * ops.expand_dims(weights, -1), axis=1)
+
+
+def run_in_expert_buffers(tokens, expert_index, gates, num_experts, capacity, run_experts,
+                          valid=None):
+    """Route tokens through fixed-capacity expert buffers and back.
+
+    The dispatch sequence `GatedExperts` and `deepkit.models.HardParallelMixture`
+    share: each assignment gets its place in its expert
+    (`positions_in_expert`), assignments past ``capacity`` are dropped
+    (`dispatch_slots`), tokens are gathered into a ``[E, C, d]`` buffer
+    (`dispatch`), ``run_experts`` maps it to ``[E, C, h]`` (expert ``e`` on
+    row ``e`` only), and each token's outputs are summed with its gates
+    (`combine`). The cost is that of ``E * C`` buffer rows, not of every
+    expert on every token.
+
+    Args:
+        tokens: ``[T, d]``.
+        expert_index: int ``[T, k]``, each token's chosen experts.
+        gates: ``[T, k]``, the weights of the chosen experts' outputs.
+        num_experts: ``E``.
+        capacity: ``C``, rows per expert (`expert_capacity`).
+        run_experts: a function ``[E, C, d] -> [E, C, h]``.
+        valid: optional bool ``[T]``; masked tokens take no place.
+
+    Returns:
+        ``(outputs, keep)``: ``[T, h]`` (zero for a token whose every
+        assignment was dropped) and bool ``[T, k]``, which assignments fit.
+    """
+    position = positions_in_expert(expert_index, num_experts, valid)
+    slot, keep = dispatch_slots(expert_index, position, capacity)
+    buffer = dispatch(tokens, slot, keep, num_experts * capacity)
+    buffer = ops.reshape(buffer, (num_experts, capacity, _last_dim(tokens)))
+    outputs = run_experts(buffer)
+    outputs = ops.reshape(outputs, (num_experts * capacity, _last_dim(outputs)))
+    return combine(outputs, slot, keep, gates), keep
+
+
+def _last_dim(x):
+    size = x.shape[-1]
+    return ops.shape(x)[-1] if size is None else size

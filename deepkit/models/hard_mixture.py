@@ -317,13 +317,10 @@ class HardParallelMixture(keras.Model):
         capacity = routing.expert_capacity(
             num_tokens, self.num_experts, self.eval_capacity_factor, 1
         )
-        position = routing.positions_in_expert(expert_index, self.num_experts)
-        slot, keep = routing.dispatch_slots(expert_index, position, capacity)
-        buffer = routing.dispatch(x, slot, keep, self.num_experts * capacity)
-        buffer = ops.reshape(buffer, (self.num_experts, capacity, self.input_dim))
-        logits = ops.reshape(self.grouped_expert_logits(buffer), (-1, self.num_classes))
         gates = ops.ones(ops.shape(expert_index), dtype=self.compute_dtype)
-        logits = routing.combine(logits, slot, keep, gates)
+        logits, _ = routing.run_in_expert_buffers(
+            x, expert_index, gates, self.num_experts, capacity, self.grouped_expert_logits
+        )
         # A dropped example (only with eval_capacity_factor < num_experts)
         # has zero logits: the uniform distribution.
         return ops.softmax(logits, axis=-1)

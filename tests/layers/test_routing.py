@@ -266,6 +266,34 @@ class DispatchTest(TestCase):
         )
         self.assertAllClose(combined, expected, atol=1e-5)
 
+    def test_run_in_expert_buffers_matches_a_per_token_loop(self):
+        # Expert e maps a token x to x * (e + 1) + e. Capacity 2 drops four
+        # assignments: both of token 3's (its expert 0 is full by then, and
+        # second choices come after first choices), and the second choices
+        # of tokens 2 and 4.
+        tokens = np.arange(10, dtype="float32").reshape(5, 2) + 1.0
+        gates = np.array([[0.6, 0.4], [0.7, 0.3], [0.8, 0.2], [0.5, 0.5], [0.9, 0.1]], "float32")
+        scale = np.arange(1, 4, dtype="float32")
+
+        def run_experts(buffer):
+            self.assertEqual(tuple(buffer.shape), (3, 2, 2))
+            return buffer * scale[:, None, None] + (scale - 1.0)[:, None, None]
+
+        outputs, keep = routing.run_in_expert_buffers(
+            tokens, self.EXPERT_INDEX, gates, 3, 2, run_experts
+        )
+        position = np.asarray(routing.positions_in_expert(self.EXPERT_INDEX, 3))
+        expected = np.zeros((5, 2), "float32")
+        for t in range(5):
+            for j in range(2):
+                e = int(self.EXPERT_INDEX[t, j])
+                if position[t, j] < 2:
+                    expected[t] += gates[t, j] * (tokens[t] * (e + 1) + e)
+        self.assertAllEqual(keep, position < 2)
+        self.assertEqual(int(np.sum(~np.asarray(keep))), 4)
+        self.assertAllEqual(outputs[3], [0.0, 0.0])
+        self.assertAllClose(outputs, expected, atol=1e-5)
+
     def test_dispatch_gradient_is_the_scatter_add(self):
         position = routing.positions_in_expert(self.EXPERT_INDEX, 3)
         slot, keep = routing.dispatch_slots(self.EXPERT_INDEX, position, 2)
