@@ -191,9 +191,18 @@ class TestCase(unittest.TestCase):
         return config
 
 
+def _torch_numpy(grad, shape):
+    """A torch gradient as numpy; zeros where autograd found no path."""
+    if grad is None:
+        return np.zeros(tuple(shape), "float32")
+    return grad.detach().cpu().numpy()
+
+
 def _numpy(x):
     if isinstance(x, (list, tuple)):
         return np.asarray([_numpy(i) for i in x])
+    if hasattr(x, "detach"):  # a torch tensor that may require grad
+        x = x.detach()
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
@@ -215,8 +224,8 @@ def _symbolic_inputs(data):
 def weight_gradients(layer, x, loss_fn, training=None, return_output=False):
     """Gradients of ``loss_fn(layer(x))`` for ``layer.trainable_variables``.
 
-    Uses the backend's own autodiff (TensorFlow's `GradientTape`, or
-    `jax.grad` of the layer's `stateless_call`), so a test can compare a
+    Uses the backend's own autodiff (TensorFlow's `GradientTape`,
+    `jax.grad` of the layer's `stateless_call`, or `torch.autograd.grad`), so a test can compare a
     layer's gradients with numbers worked out by hand. `loss_fn` maps the
     layer's output to a scalar with `keras.ops`. Builds the layer on `x`
     if needed.
@@ -250,6 +259,15 @@ def weight_gradients(layer, x, loss_fn, training=None, return_output=False):
 
         raw, output = jax.grad(loss, has_aux=True)(trainable)
         grads = [np.asarray(g) for g in raw]
+    elif backend == "torch":
+        import torch
+
+        variables = layer.trainable_variables
+        output = layer(x, **kwargs)
+        raw = torch.autograd.grad(
+            loss_fn(output), [v.value for v in variables], allow_unused=True
+        )
+        grads = [_torch_numpy(g, v.shape) for g, v in zip(raw, variables)]
     else:
         raise NotImplementedError(f"weight_gradients: no autodiff helper for backend {backend!r}")
     return (grads, _numpy(output)) if return_output else grads
@@ -280,6 +298,16 @@ def input_gradient(fn, x, has_aux=False):
         result = jax.grad(fn, has_aux=has_aux)(keras.ops.convert_to_tensor(x))
         grad, aux = result if has_aux else (result, None)
         grad = np.asarray(grad)
+    elif backend == "torch":
+        import torch
+
+        x = keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
+        result = fn(x)
+        value, aux = result if has_aux else (result, None)
+        # A value that does not depend on x at all has no graph to follow.
+        (raw,) = (torch.autograd.grad(value, [x], allow_unused=True)
+                  if value.requires_grad else (None,))
+        grad = _torch_numpy(raw, x.shape)
     else:
         raise NotImplementedError(f"input_gradient: no autodiff helper for backend {backend!r}")
     return (grad, _numpy(aux)) if has_aux else grad

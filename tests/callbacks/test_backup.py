@@ -233,8 +233,8 @@ def test_a_run_that_stopped_early_does_not_train_again_on_resume(tmp_path):
 
 
 def test_a_stop_set_outside_the_kept_callbacks_is_kept_too(tmp_path):
-    # No callbacks handed to the backup; the model stops itself after its
-    # third epoch. A resume must not train again.
+    # No callbacks handed to the backup; a callback it does not keep stops
+    # the fit after its third epoch. A resume must not train again.
     class StopAfter(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 2:
