@@ -313,7 +313,9 @@ class MaxoutConv2D(_MaxoutBase):
     kernel are piece-major like `Maxout`'s columns: channel `p * filters + f`
     is piece `p` of filter `f`. The paper's spatial max-pooling is a separate
     `keras.layers.MaxPooling2D`. Runs `keras.ops.conv`, so it works on every
-    backend.
+    backend; with `"channels_first"` on TensorFlow, whose CPU convolution
+    takes channels_last only, the input is transposed to channels_last and
+    the output back (JAX and PyTorch convolve channels_first directly).
 
     Args:
         filters: positive int, the number of output channels.
@@ -432,20 +434,43 @@ class MaxoutConv2D(_MaxoutBase):
             ndim=4, axes={self._channel_axis: channels}
         )
 
-    def call(self, inputs):
+    def _conv_channels_last(self, inputs):
+        """`(batch, rows, cols, channels)` to `(batch, rows', cols', filters)`."""
         z = ops.conv(
             inputs,
             self.kernel,
             strides=self.strides,
             padding=self.padding,
-            data_format=self.data_format,
+            data_format="channels_last",
+        )
+        if self.use_bias:
+            z = ops.add(z, self.bias)
+        shape = tuple(ops.shape(z))
+        z = ops.reshape(z, shape[:-1] + (self.pieces, self.filters))
+        return ops.max(z, axis=-2)
+
+    def call(self, inputs):
+        if self.data_format == "channels_last":
+            return self._conv_channels_last(inputs)
+        if keras.backend.backend() == "tensorflow":
+            # TensorFlow's Conv2D kernel takes NCHW only on a GPU ("The Conv2D
+            # op currently only supports the NHWC tensor format on the CPU"),
+            # and where an op runs is only known when it runs. Convolve in
+            # NHWC on every device: transpose in, take the max over the
+            # pieces, then transpose the `filters` channels (not the
+            # `filters * pieces` ones) back. On a GPU, TensorFlow's layout
+            # optimizer picks the kernel's format itself anyway.
+            outputs = self._conv_channels_last(ops.transpose(inputs, (0, 2, 3, 1)))
+            return ops.transpose(outputs, (0, 3, 1, 2))
+        # JAX and PyTorch convolve NCHW natively on every device.
+        z = ops.conv(
+            inputs,
+            self.kernel,
+            strides=self.strides,
+            padding=self.padding,
+            data_format="channels_first",
         )
         shape = tuple(ops.shape(z))
-        if self.data_format == "channels_last":
-            if self.use_bias:
-                z = ops.add(z, self.bias)
-            z = ops.reshape(z, shape[:-1] + (self.pieces, self.filters))
-            return ops.max(z, axis=-2)
         if self.use_bias:
             z = ops.add(z, ops.reshape(self.bias, (-1, 1, 1)))
         z = ops.reshape(z, (shape[0], self.pieces, self.filters) + shape[2:])
