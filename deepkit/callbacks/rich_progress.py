@@ -40,6 +40,9 @@ class RichProgressBar(FromConfig, keras.callbacks.Callback):
         batch_size: examples per batch, to show examples per second (batches
             per second otherwise).
         console: a `rich.console.Console` (the default writes to stderr).
+            Where it is not a terminal, the live bars are not drawn and each
+            epoch line is written whole, never wrapped at the console's
+            width.
         refresh_per_second: how often the display is redrawn.
 
     Example:
@@ -111,10 +114,15 @@ class RichProgressBar(FromConfig, keras.callbacks.Callback):
         seconds = time.perf_counter() - self._epoch_start
         self._progress.update(self._epochs_task, completed=epoch + 1)
         # The line that stays (also on a console that is not a terminal, where
-        # the live bars are not drawn): metrics, time and throughput.
-        self._progress.console.print(
+        # the live bars are not drawn): metrics, time and throughput. Where
+        # the console is not a terminal (a CI log, a file) rich would wrap it
+        # at the console's width (80 columns by default), in the middle of a
+        # metric; soft_wrap writes it as one line whatever its length.
+        console = self._progress.console
+        console.print(
             f"epoch {epoch + 1}/{self.params.get('epochs')}: {format_logs(logs)} "
-            f"({seconds:.1f}s, {self._throughput()})"
+            f"({seconds:.1f}s, {self._throughput()})",
+            soft_wrap=not console.is_terminal,
         )
 
     def on_train_end(self, logs=None):

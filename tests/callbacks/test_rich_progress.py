@@ -81,6 +81,48 @@ def test_terminal_shows_live_bars():
     assert "epoch 2/2: accuracy" in text
 
 
+def _many_metrics_model(count=6):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2, activation="softmax")])
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name=f"accuracy_{i}") for i in range(count)]
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=metrics)
+    return model
+
+
+def _check_unwrapped(text, history, epochs):
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == epochs, lines
+    for epoch, line in enumerate(lines):
+        assert line.startswith(f"epoch {epoch + 1}/{epochs}: "), line
+        assert re.search(r"\(\d+\.\ds, [\d,]+ ex/s\)$", line), line
+        for key, values in history.history.items():
+            assert f"{key} {values[epoch]:.4g}" in line, (key, line)
+        assert len(line) > 200  # far past 80 columns, yet one line
+
+
+def test_lines_are_not_wrapped_on_a_console_that_is_not_a_terminal():
+    # A console on a file, at rich's default width for non-terminals (80).
+    x, y = _data()
+    console = Console(file=io.StringIO())
+    assert not console.is_terminal and console.width == 80
+    history = _many_metrics_model().fit(
+        x, y, batch_size=20, epochs=2, validation_data=_data(40, seed=1), verbose=0,
+        callbacks=[RichProgressBar(batch_size=20, console=console)])
+    _check_unwrapped(console.file.getvalue(), history, 2)
+
+
+def test_default_console_writes_whole_lines_to_stderr(capsys, monkeypatch):
+    # The default console: stderr, which pytest replaces with a file.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    x, y = _data()
+    history = _many_metrics_model().fit(
+        x, y, batch_size=20, epochs=2, validation_data=_data(40, seed=1), verbose=0,
+        callbacks=[RichProgressBar(batch_size=20)])
+    captured = capsys.readouterr()
+    assert "epoch" not in captured.out
+    _check_unwrapped(captured.err, history, 2)
+
+
 def test_format_logs():
     logs = {"loss": np.float32(0.123456), "accuracy": 1, "lr": np.array(0.01), "name": "x"}
     assert format_logs(logs) == "loss 0.1235 · accuracy 1 · lr 0.01"
