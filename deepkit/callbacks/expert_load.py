@@ -40,9 +40,12 @@ class ExpertLoad(FromConfig, keras.callbacks.Callback):
         path: optional CSV file; one row per layer and epoch (columns
             ``epoch, layer, dropped_fraction, router_entropy, load_0, ...``),
             appended to.
-        chart: whether to draw the load of each expert as a bar chart in the
-            terminal (with rich) at the end of each epoch.
-        console: optional `rich.console.Console` to draw on.
+        chart: whether to draw the load of each expert as a bar chart (with
+            rich) at the end of each epoch.
+        console: optional `rich.console.Console` to draw the charts on. The
+            default writes to stderr, like the progress bars: progress and
+            diagnostics during training go to stderr, final results to
+            stdout.
 
     Example:
 
@@ -124,7 +127,7 @@ class ExpertLoad(FromConfig, keras.callbacks.Callback):
         from rich.console import Console
         from rich.table import Table
 
-        console = self.console or Console()
+        console = self.console or Console(stderr=True)
         for row in rows:
             load = np.asarray(row["load"])
             even = 1.0 / len(load)

@@ -1,5 +1,6 @@
 """Tests for deepkit.callbacks.ExpertLoad."""
 
+import contextlib
 import csv
 import io
 import os
@@ -69,6 +70,17 @@ class ExpertLoadTest(TestCase):
         self.assertAllClose(history.history["moe_load_0"], [1.0, 0.5], atol=1e-6)
         self.assertEqual(len(callback.history), 2)
         self.assertEqual(layer.routing_statistics()["steps"], 6.0)
+
+    def test_chart_goes_to_stderr_by_default(self):
+        model, _ = routed_model()
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            model.fit(X, Y, batch_size=4, epochs=2, verbose=0, callbacks=[ExpertLoad()])
+        self.assertEqual(out.getvalue(), "")
+        text = err.getvalue()
+        self.assertIn("moe epoch 1: dropped 50.0%", text)
+        self.assertIn("moe epoch 2: dropped 50.0%", text)
+        self.assertIn("100.0%", text)  # expert 0's load
 
     def test_model_without_experts_is_left_alone(self):
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
