@@ -8,9 +8,22 @@ plus declarative recipes that reproduce the papers.
 Importing `deepkit` does not import Keras: the submodules (`deepkit.layers`,
 `deepkit.models`, ...) are loaded on first use, so that the `deepkit`
 command can choose the Keras backend first.
+
+It sets `TF_CPP_MIN_LOG_LEVEL` to 2 unless it is already set, so that
+TensorFlow, once imported (by Keras with the TensorFlow backend; on the
+others by `model.save` or a `tf.data` pipeline), does not write its C++
+start-up INFO and WARNING lines (oneDNN, CPU features) to stderr; its
+errors still show. Under JAX and PyTorch, `deepkit.layers`, `deepkit.models`,
+`deepkit.callbacks`, `deepkit.training` and `deepkit.metrics` do not import
+TensorFlow at all.
 """
 
 import importlib
+import os
+
+# Before anything imports TensorFlow (it reads the variable when it loads);
+# a user's own setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,46 @@
+"""Library use is as quiet as the CLI: importing deepkit's Keras packages
+under JAX writes nothing to stderr and does not import TensorFlow, and
+TensorFlow imported after deepkit leaves out its C++ INFO/WARNING start-up
+lines unless the user asked for them."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+PACKAGES = ("layers", "models", "callbacks", "training", "metrics")
+
+
+def _run(code, backend, **env):
+    environ = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    environ.update(env, KERAS_BACKEND=backend)
+    result = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs jax")
+def test_import_under_jax_writes_nothing_and_leaves_tensorflow_out():
+    imports = "; ".join(f"import deepkit.{name}" for name in PACKAGES)
+    result = _run(f"import sys; {imports}; print('tensorflow' in sys.modules)", "jax")
+    assert result.stderr == ""
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs tensorflow")
+def test_tensorflow_imported_after_deepkit_hides_its_info_and_warning_lines():
+    # Under JAX, TensorFlow arrives later (model.save, a tf.data pipeline).
+    code = "import os, deepkit, tensorflow; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    result = _run(code, "jax")
+    assert result.stdout.strip() == "2"
+    for chatter in ("cpu_feature_guard", "oneDNN"):
+        assert chatter not in result.stderr, result.stderr
+
+
+def test_a_users_own_log_level_is_kept():
+    code = "import os, deepkit.layers; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    result = _run(code, os.environ.get("KERAS_BACKEND", "tensorflow"), TF_CPP_MIN_LOG_LEVEL="0")
+    assert result.stdout.strip() == "0"
