@@ -75,7 +75,9 @@ class GatedExperts(keras.layers.Layer):
     reads them and writes per-epoch values into the logs, on TF and JAX alike.
 
     Args:
-        num_experts: number of experts ``E``.
+        num_experts: number of experts ``E``. With one expert every token
+            goes to it with gate 1, whatever the router (no softmax is
+            computed); the layer is then one MLP with capacity limits.
         expert_units: hidden width of the default two-layer expert MLP.
         output_units: output width; defaults to the input width.
         router: ``"top_k"`` (Shazeer: softmax over the k kept logits),
@@ -346,6 +348,8 @@ class GatedExperts(keras.layers.Layer):
         return outputs + self.expert_bias_2[:, None, :]
 
     def _route(self, logits):
+        if self.num_experts == 1:
+            return self._single_expert_route(logits)
         if self.router == "top_k":
             return routing.top_k_route(logits, self.top_k)
         if self.router == "switch":
@@ -353,6 +357,20 @@ class GatedExperts(keras.layers.Layer):
         if self.router == "hard":
             return routing.hard_route(logits)
         return routing.softmax_route(logits)
+
+    @staticmethod
+    def _single_expert_route(logits):
+        """Every router's route with one expert: expert 0, gate 1, probs 1.
+
+        A softmax over a single logit is 1 whatever the logit, with gradient
+        0, so it is not computed (Keras warns about a softmax over an axis of
+        size 1). ``logits - logits + 1`` is exactly 1 too and keeps the router
+        kernel in the gradient graph with the same zero gradient, so that
+        TensorFlow does not report it as a variable without gradient.
+        """
+        logits = ops.cast(logits, "float32")
+        ones = logits - logits + 1.0
+        return ops.zeros_like(logits, dtype="int32"), ones, ones
 
     def call(self, inputs, training=None, mask=None):
         training = bool(training)

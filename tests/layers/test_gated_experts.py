@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from fractions import Fraction
 
 import keras
@@ -12,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from deepkit.layers import GatedExperts, routing
+from deepkit.layers.gated_experts import ROUTERS
 from deepkit.testing import TestCase, weight_gradients
 
 
@@ -321,6 +323,80 @@ class NumericsTest(TestCase):
         self.assertEqual(keras.backend.standardize_dtype(y.dtype), "bfloat16")
         for loss in layer.losses:
             self.assertEqual(keras.backend.standardize_dtype(loss.dtype), "float32")
+
+
+def _softmax_warnings(caught):
+    return [str(w.message) for w in caught if "softmax" in str(w.message)]
+
+
+class SingleExpertTest(TestCase):
+    """num_experts=1 (the dense baselines of the mixture recipes): gate 1 for
+    every token and every router, no softmax over one logit (and so no Keras
+    warning about it)."""
+
+    def test_outputs_are_the_experts_and_nothing_warns(self):
+        for router in ROUTERS:
+            for training in (False, True):
+                with self.subTest(router=router, training=training):
+                    layer = GatedExperts(1, 5, router=router, top_k=1, z_loss_weight=1e-2)
+                    layer.build(X.shape)
+                    randomize(layer, seed=5)
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        out = layer(X, training=training)
+                    self.assertEqual(_softmax_warnings(caught), [])
+                    w = numpy_weights(layer)
+                    hidden = np.maximum(X @ w["expert_kernel_1"][0] + w["expert_bias_1"][0], 0)
+                    expected = hidden @ w["expert_kernel_2"][0] + w["expert_bias_2"][0]
+                    self.assertAllClose(out, expected, atol=1e-5, rtol=1e-5)
+                    self.assertAllClose(out, reference(layer, X, training=training)[0],
+                                        atol=1e-5, rtol=1e-5)
+                    if training:
+                        stats = layer.routing_statistics()
+                        self.assertAllClose(stats["load"], [1.0])
+                        self.assertEqual(stats["dropped"], 0.0)
+                        self.assertAllClose(stats["entropy"], 0.0, atol=1e-6)
+                        # balance loss N * f * P = 1 * 1 * 1, z-loss from the logits
+                        logits = X.reshape(-1, 6) @ w["router_kernel"]
+                        self.assertAllClose(
+                            [ops.convert_to_numpy(v) for v in layer.losses],
+                            [0.01 * 1.0, 1e-2 * np.mean(logits[:, 0] ** 2)],
+                            atol=1e-6, rtol=1e-5)
+
+    def test_router_gets_a_zero_task_gradient(self):
+        # As through a softmax over one logit: the gate does not depend on
+        # the router, which learns only from the z-loss, if any.
+        for router in ("switch", "hard"):
+            layer = GatedExperts(1, 5, router=router, balance_loss=None)
+            layer.build((None, 6))
+            randomize(layer, seed=6)
+            x = X.reshape(-1, 6)
+            grads = weight_gradients(layer, x, lambda y: ops.sum(ops.square(y)), training=True)
+            names = [v.path.split("/")[-1] for v in layer.trainable_variables]
+            router_grad = grads[names.index("router_kernel")]
+            self.assertIsNotNone(router_grad)
+            self.assertAllClose(router_grad, np.zeros((6, 1)), atol=0)
+            self.assertGreater(np.abs(grads[names.index("expert_kernel_1")]).sum(), 0)
+
+    def test_fit_of_the_recipes_dense_baselines_warns_nothing(self):
+        y = np.zeros((3, 4, 2), "float32")
+        for kwargs in (
+            {"router": "switch", "balance_loss": None, "residual": True},
+            {"router": "hard", "balance_loss": None, "output_units": 2},
+        ):
+            with self.subTest(**kwargs):
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    layers = [keras.Input((4, 6)), GatedExperts(1, 8, seed=1, **kwargs)]
+                    if kwargs.get("residual"):
+                        layers.append(keras.layers.Dense(2))
+                    model = keras.Sequential(layers)
+                    model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=False)
+                    model.fit(X, y, batch_size=2, epochs=1, verbose=0)
+                    model.predict(X, verbose=0)
+                messages = [str(w.message) for w in caught]
+                self.assertEqual(_softmax_warnings(caught), [])
+                self.assertEqual([m for m in messages if "Gradients do not exist" in m], [])
 
 
 class TrainingTest(TestCase):
