@@ -19,6 +19,7 @@ h_t = φ_h(h_{t-1} W + x_t U + b).
 """
 
 import contextlib
+import re
 
 import keras
 from keras import ops
@@ -27,6 +28,28 @@ from deepkit.export import export
 from deepkit.layers.weight_noise import check_weight_noise, with_weight_noise
 
 _LEAKY_LEARNED = "learned"
+
+# Select Graphic Rendition escapes (bold, reset, colours): `\x1b[1m`, `\x1b[0m`.
+_ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class PlainValueError(ValueError):
+    """A `ValueError` whose message is plain text, also once Keras rewrites it.
+
+    When an error leaves a layer's `call`, Keras (with traceback filtering,
+    the default) raises a new error of the same class whose message wraps the
+    original one as ``"Exception encountered when calling ...\n\n\x1b[1m"
+    + message + "\x1b[0m ..."``: a bold ANSI escape that a log file or a
+    test shows raw. This class drops such escapes from any message it is
+    built with, and Keras adds its context to the innermost call only, so
+    the error that reaches the user reads as plain text.
+
+    Args:
+        message: the error message; ANSI SGR escapes in it are removed.
+    """
+
+    def __init__(self, message=""):
+        super().__init__(_ANSI_SGR.sub("", str(message)))
 
 
 @export
@@ -305,7 +328,7 @@ class DeepTransitionCell(keras.layers.Layer):
 
     def call(self, inputs, states, training=False):
         if training and self.weight_noise and self._noisy is None:
-            raise ValueError(
+            raise PlainValueError(
                 "DeepTransitionCell: weight_noise draws one noise sample per sequence; "
                 "use the cell through DeepTransitionRNN (or wrap the RNN call in "
                 "`with cell.noisy_weights(training):`)"

@@ -409,3 +409,33 @@ class WeightNoiseTest(TestCase):
         rnn = keras.layers.RNN(DeepTransitionCell(3, weight_noise=0.1))
         with self.assertRaisesRegex(ValueError, "one noise sample per sequence"):
             rnn(np.zeros((1, 2, 3), "float32"), training=True)
+
+    def test_cell_error_message_is_plain_text(self):
+        # Keras wraps an error leaving `call` in "\x1b[1m...\x1b[0m" (bold);
+        # the message that reaches the user, in a call and in a fit, has none.
+        want = ("DeepTransitionCell: weight_noise draws one noise sample per sequence; "
+                "use the cell through DeepTransitionRNN (or wrap the RNN call in "
+                "`with cell.noisy_weights(training):`)")
+        rnn = keras.layers.RNN(DeepTransitionCell(3, weight_noise=0.1))
+        with self.assertRaises(ValueError) as raised:
+            rnn(np.zeros((1, 2, 3), "float32"), training=True)
+        message = str(raised.exception)
+        self.assertNotIn("\x1b", message)
+        self.assertIn(f"\n\n{want}\n\n", message)
+        self.assertTrue(message.startswith("Exception encountered when calling "
+                                           "DeepTransitionCell.call()"), message)
+
+        model = keras.Sequential(
+            [keras.Input((2, 3)), keras.layers.RNN(DeepTransitionCell(4, weight_noise=0.1))])
+        model.compile("sgd", "mse")
+        with self.assertRaises(ValueError) as raised:
+            model.fit(np.zeros((2, 2, 3), "float32"), np.zeros((2, 4), "float32"), verbose=0)
+        self.assertNotIn("\x1b", str(raised.exception))
+        self.assertIn(want, str(raised.exception))
+
+    def test_plain_value_error_strips_ansi_escapes(self):
+        from deepkit.layers.deep_transition import PlainValueError
+
+        error = PlainValueError("a \x1b[1mbold\x1b[0m and \x1b[31;1mred\x1b[0m word")
+        self.assertIsInstance(error, ValueError)
+        self.assertEqual(str(error), "a bold and red word")
