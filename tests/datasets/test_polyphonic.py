@@ -1,6 +1,8 @@
-"""Tests for deepkit.datasets.polyphonic: split sizes of the real files, piano
-rolls against the raw notes, masks, subsequences, and the restricted
-unpickler refusing code."""
+"""Tests for deepkit.datasets.polyphonic: split sizes of real files (the JSB
+Chorales fixture in the default run; the full files under DEEPKIT_DATA,
+with the published split sizes of all four sets, in the tests marked
+`data`), piano rolls against the raw notes, masks, subsequences, and the
+restricted unpickler refusing code."""
 
 import os
 import pickle
@@ -9,12 +11,13 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import pytest
 
 from deepkit import datasets
 from deepkit.datasets import polyphonic
 from deepkit.testing import TestCase
 
-SHARED_DATA = os.environ.get("DEEPKIT_DATA", "")  # set by tests/conftest.py
+FIXTURE_DATA = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 
 # Pieces per split, as published (Boulanger-Lewandowski et al. 2012).
 SPLIT_SIZES = {
@@ -25,7 +28,25 @@ SPLIT_SIZES = {
 }
 
 
-class PolyphonicFilesTest(TestCase):
+class PolyphonicFixtureFilesTest(TestCase):
+    """The loaders on the JSB Chorales fixture; expectations from the file."""
+
+    def data_folder(self):
+        return FIXTURE_DATA
+
+    def setUp(self):
+        super().setUp()
+        self.root = self.data_folder()
+        patcher = mock.patch.dict(os.environ, {datasets.DATA_ENV: str(self.root)})
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def raw(self, split):
+        """The pieces of one JSB split, read with plain pickle (a trusted file
+        of this repository or of the data folder), not with deepkit."""
+        path = Path(self.root, polyphonic.FILES["jsb_chorales"])
+        return pickle.loads(path.read_bytes())[split]
+
     def test_registered_with_options(self):
         for name in SPLIT_SIZES:
             self.assertIn(name, datasets.names())
@@ -34,14 +55,16 @@ class PolyphonicFilesTest(TestCase):
                 {"max_length": None, "first_frame": False, "limit": None},
             )
 
-    def test_split_sizes_of_all_four_sets(self):
-        for name, sizes in SPLIT_SIZES.items():
-            for split, size in zip(("train", "valid", "test"), sizes):
-                self.assertLen(polyphonic.load_pieces(name, split), size, f"{name} {split}")
+    def test_pieces_are_the_files_pieces(self):
+        for split in ("train", "valid", "test"):
+            raw = self.raw(split)
+            self.assertGreater(len(raw), 1)
+            self.assertEqual(polyphonic.load_pieces("jsb_chorales", split), raw)
 
     def test_jsb_arrays(self):
-        for split, size in zip(("train", "valid", "test"), SPLIT_SIZES["jsb_chorales"]):
-            pieces = polyphonic.load_pieces("jsb_chorales", split)
+        for split in ("train", "valid", "test"):
+            pieces = self.raw(split)
+            size = len(pieces)
             x, y, weights = datasets.load("jsb_chorales", split)
             steps = max(len(p) for p in pieces) - 1
             self.assertEqual(x.shape, (size, steps, 88))
@@ -56,9 +79,9 @@ class PolyphonicFilesTest(TestCase):
             self.assertEqual(np.abs(y[weights == 0]).sum(), 0.0)
 
     def test_piano_roll_matches_the_notes(self):
-        pieces = polyphonic.load_pieces("jsb_chorales", "test")
+        pieces = self.raw("test")
         x, y, weights = datasets.load("jsb_chorales", "test")
-        for i in (0, 40, 76):
+        for i in (0, len(pieces) // 2, len(pieces) - 1):
             piece = pieces[i]
             for t in range(len(piece) - 1):
                 self.assertEqual(set(np.flatnonzero(x[i, t]) + 21), set(piece[t]))
@@ -68,8 +91,9 @@ class PolyphonicFilesTest(TestCase):
         self.assertAllEqual(x[:, 1:][real], y[:, :-1][real])
 
     def test_max_length_cuts_pieces_into_subsequences(self):
-        pieces = polyphonic.load_pieces("jsb_chorales", "valid")[:5]
-        x, y, weights = datasets.load("jsb_chorales", "valid", max_length=20, limit=5)
+        k = min(5, len(self.raw("valid")) - 1)
+        pieces = self.raw("valid")[:k]
+        x, y, weights = datasets.load("jsb_chorales", "valid", max_length=20, limit=k)
         expected_rows = sum(-(-(len(p) - 1) // 20) for p in pieces)
         self.assertEqual(x.shape, (expected_rows, 20, 88))
         self.assertEqual(weights.sum(), sum(len(p) - 1 for p in pieces))
@@ -79,16 +103,18 @@ class PolyphonicFilesTest(TestCase):
         self.assertAllEqual(joined, polyphonic.piano_roll(pieces[0])[:-1])
 
     def test_first_frame_predicts_every_frame(self):
-        pieces = polyphonic.load_pieces("jsb_chorales", "test")[:3]
-        x, y, weights = datasets.load("jsb_chorales", "test", first_frame=True, limit=3)
+        k = min(3, len(self.raw("test")) - 1)
+        pieces = self.raw("test")[:k]
+        x, y, weights = datasets.load("jsb_chorales", "test", first_frame=True, limit=k)
         self.assertEqual(weights.sum(), sum(len(p) for p in pieces))
         self.assertEqual(np.abs(x[:, 0]).sum(), 0.0)
         self.assertAllEqual(y[0, : len(pieces[0])], polyphonic.piano_roll(pieces[0]))
 
     def test_limit(self):
-        x, y, weights = datasets.load("jsb_chorales", "train", limit=8)
-        self.assertEqual(len(x), 8)
-        self.assertEqual(len(weights), 8)
+        k = min(8, len(self.raw("train")) - 1)
+        x, y, weights = datasets.load("jsb_chorales", "train", limit=k)
+        self.assertEqual(len(x), k)
+        self.assertEqual(len(weights), k)
 
     def test_bad_options(self):
         with self.assertRaises(datasets.DataError):
@@ -97,6 +123,20 @@ class PolyphonicFilesTest(TestCase):
             datasets.load("jsb_chorales", "train", limit=-1)
         with self.assertRaises(datasets.DataError):
             datasets.load("jsb_chorales", "train", max_lenght=10)
+
+
+@pytest.mark.data
+class PolyphonicFullDataTest(PolyphonicFixtureFilesTest):
+    """The same checks on the full JSB file, and the published split sizes."""
+
+    def data_folder(self):
+        # tests/conftest.py sets DEEPKIT_DATA for tests marked `data`, or fails.
+        return Path(os.environ[datasets.DATA_ENV])
+
+    def test_split_sizes_of_all_four_sets(self):
+        for name, sizes in SPLIT_SIZES.items():
+            for split, size in zip(("train", "valid", "test"), sizes):
+                self.assertLen(polyphonic.load_pieces(name, split), size, f"{name} {split}")
 
 
 class _Boom:

@@ -1,47 +1,66 @@
-"""Tests for deepkit.datasets.ptb: token counts and vocabularies of the real
-files, the truncated-BPTT layout, limits and errors."""
+"""Tests for deepkit.datasets.ptb: token counts, vocabularies and decoded
+text of real PTB files (the fixture files in the default run, the full files
+under DEEPKIT_DATA in the tests marked `data`, where Mikolov's counts are
+checked too), the truncated-BPTT layout, limits and errors."""
 
 import os
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import pytest
 
 from deepkit import datasets
 from deepkit.datasets import ptb
 from deepkit.testing import TestCase
 
-SHARED_DATA = os.environ.get("DEEPKIT_DATA", "")  # set by tests/conftest.py
+FIXTURE_DATA = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 
 
-class PTBFilesTest(TestCase):
-    def test_word_token_counts_and_vocabulary(self):
-        # Mikolov's counts, with one <eos> per line.
-        for split, count in (("train", 929_589), ("valid", 73_760), ("test", 82_430)):
-            self.assertLen(ptb.token_ids("word", split), count)
-        vocabulary = ptb.vocabulary("word")
-        self.assertLen(vocabulary, 10_000)
-        self.assertEqual(vocabulary[0], "<eos>")
-        self.assertIn("<unk>", vocabulary)
-        self.assertLen(set(vocabulary), 10_000)
+class PTBFixtureFilesTest(TestCase):
+    """The loaders on the PTB fixtures; expectations computed from the files."""
 
-    def test_char_vocabulary_and_counts(self):
-        vocabulary = ptb.vocabulary("char")
-        self.assertLen(vocabulary, 50)  # 49 symbols, '_' among them, + <eos>
-        self.assertIn("_", vocabulary)
-        self.assertLen(ptb.vocabulary("char", end_of_line=False), 49)
-        ids = ptb.token_ids("char", "valid")
-        lines = Path(SHARED_DATA, "ptb", "ptb.char.valid.txt").read_text().split("\n")
-        symbols = sum(len(line.split()) for line in lines)
-        real_lines = sum(1 for line in lines if line.split())
-        self.assertLen(ids, symbols + real_lines)
+    def data_folder(self):
+        return FIXTURE_DATA
 
-    def test_word_stream_decodes_to_the_text(self):
-        vocabulary = ptb.vocabulary("word")
-        ids = ptb.token_ids("word", "test")
-        first_line = Path(SHARED_DATA, "ptb", "ptb.test.txt").read_text().split("\n")[0].split()
-        decoded = [vocabulary[i] for i in ids[: len(first_line) + 1]]
-        self.assertEqual(decoded, first_line + ["<eos>"])
+    def setUp(self):
+        super().setUp()
+        self.root = self.data_folder()
+        patcher = mock.patch.dict(os.environ, {datasets.DATA_ENV: str(self.root)})
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def lines(self, level, split):
+        """The token lists of a file's non-empty lines, read without deepkit."""
+        text = Path(self.root, ptb.FILES[level][split]).read_text(encoding="utf-8")
+        return [line.split() for line in text.split("\n") if line.split()]
+
+    def test_token_counts_and_vocabularies(self):
+        for level in ("word", "char"):
+            for split in datasets.SPLITS:
+                lines = self.lines(level, split)
+                self.assertGreater(len(lines), 0)
+                symbols = sum(len(line) for line in lines)
+                # one <eos> per line
+                self.assertLen(ptb.token_ids(level, split), symbols + len(lines), f"{level} {split}")
+                self.assertLen(ptb.token_ids(level, split, end_of_line=False), symbols)
+            # <eos> first, then the training split's tokens in sorted order
+            train = {token for line in self.lines(level, "train") for token in line}
+            self.assertEqual(ptb.vocabulary(level), ["<eos>"] + sorted(train))
+            self.assertEqual(ptb.vocabulary(level, end_of_line=False), sorted(train))
+        self.assertIn("<unk>", ptb.vocabulary("word"))
+        self.assertIn("_", ptb.vocabulary("char"))
+
+    def test_streams_decode_to_the_text(self):
+        for level, split in (("word", "test"), ("word", "valid"), ("char", "valid")):
+            vocabulary = ptb.vocabulary(level)
+            expected = [token for line in self.lines(level, split) for token in line + ["<eos>"]]
+            decoded = [vocabulary[i] for i in ptb.token_ids(level, split)]
+            self.assertEqual(decoded, expected, f"{level} {split}")
+        vocabulary = ptb.vocabulary("char", end_of_line=False)
+        ids = ptb.token_ids("char", "test", end_of_line=False)
+        first = self.lines("char", "test")[0]
+        self.assertEqual([vocabulary[i] for i in ids[: len(first)]], first)
 
     def test_loaded_windows_count_every_prediction_once(self):
         for level, split in (("word", "valid"), ("char", "test")):
@@ -52,6 +71,7 @@ class PTBFilesTest(TestCase):
             self.assertEqual(x.dtype, np.int32)
             self.assertEqual(weights.sum(), len(ids) - 1)
             self.assertAllEqual(np.sort(y[weights > 0]), np.sort(ids[1:]))
+            self.assertAllEqual(np.sort(x[weights > 0]), np.sort(ids[:-1]))
 
     def test_options_and_registry(self):
         self.assertEqual(
@@ -61,6 +81,31 @@ class PTBFilesTest(TestCase):
         self.assertIn("end_of_line", datasets.get("ptb_char").options)
         x, _, _ = datasets.load("ptb_char", "train", batch_size=4, sequence_length=10, limit=9)
         self.assertEqual(x.shape, (12, 10))  # 9 windows rounded up to 3 batches of 4
+
+
+@pytest.mark.data
+class PTBFullDataTest(PTBFixtureFilesTest):
+    """The same checks on the full files, and Mikolov's published counts."""
+
+    def data_folder(self):
+        # tests/conftest.py sets DEEPKIT_DATA for tests marked `data`, or fails.
+        return Path(os.environ[datasets.DATA_ENV])
+
+    def test_word_token_counts_and_vocabulary(self):
+        # Mikolov's counts, with one <eos> per line.
+        for split, count in (("train", 929_589), ("valid", 73_760), ("test", 82_430)):
+            self.assertLen(ptb.token_ids("word", split), count)
+        vocabulary = ptb.vocabulary("word")
+        self.assertLen(vocabulary, 10_000)
+        self.assertEqual(vocabulary[0], "<eos>")
+        self.assertIn("<unk>", vocabulary)
+        self.assertLen(set(vocabulary), 10_000)
+
+    def test_char_vocabulary(self):
+        vocabulary = ptb.vocabulary("char")
+        self.assertLen(vocabulary, 50)  # 49 symbols, '_' among them, + <eos>
+        self.assertIn("_", vocabulary)
+        self.assertLen(ptb.vocabulary("char", end_of_line=False), 49)
 
 
 class StreamLayoutTest(TestCase):

@@ -2,7 +2,6 @@
 `deepkit show`, and every shipped recipe loading and validating."""
 
 import dataclasses
-import os
 from pathlib import Path
 
 import pytest
@@ -186,18 +185,14 @@ def test_show_prints_the_resolved_recipe_as_yaml(recipe_path, capsys):
     assert dataclasses.replace(load(again), file=None) == dataclasses.replace(recipe, file=None)
 
 
-@pytest.fixture
-def shipped_data(monkeypatch):
-    if not os.environ.get("DEEPKIT_DATA"):
-        monkeypatch.setenv("DEEPKIT_DATA", str(REPO.parent / "shared" / "data"))
-
-
 def test_there_are_shipped_recipes():
     assert "quickstart.yaml" in [p.name for p in SHIPPED]
 
 
+# On the data fixtures (default run) and on the full data (marked `data`):
+# validating checks that the recipe's data files exist under DEEPKIT_DATA.
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_shipped_recipe_loads_and_validates(path, shipped_data):
+def test_shipped_recipe_loads_and_validates(path, any_data):
     recipe = load(path)
     assert recipe.name == path.stem, "a recipe's name is its file name"
     smoke = load(path, smoke=True)
