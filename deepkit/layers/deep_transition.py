@@ -423,9 +423,37 @@ class DeepTransitionRNN(keras.layers.RNN):
     costs the hidden-to-hidden products only.
 
     Args:
-        units, transition_layers, activation, transition_activation,
-            shortcut, leaky, leak_initializer, use_bias, *_initializer,
-            *_regularizer, *_constraint: as for `DeepTransitionCell`.
+        units: size of the state h_t, the layer's output width.
+        transition_layers: widths of the intermediate layers z_1 … z_{L-1}
+            of the transition; `[]` gives the conventional RNN.
+        activation: φ_h, the nonlinearity of the last layer (the state).
+        transition_activation: φ_1 … φ_{L-1}, the nonlinearity of the
+            intermediate layers.
+        shortcut: add the DT(S) shortcut h_{t-1} W_s into the last layer of
+            the transition; needs at least one intermediate layer.
+        leaky: None (no leak), a float `a` in [0, 1) shared by all units, or
+            `"learned"`: one leak per unit, a = sigmoid(w), with
+            h_t = a ⊙ h_{t-1} + (1 − a) ⊙ h̃_t.
+        leak_initializer: initializer of w when `leaky="learned"` (zeros
+            give a = 0.5).
+        use_bias: whether the transition's layers have biases b_1 … b_L.
+        kernel_initializer: initializer of U, the input-to-first-layer
+            matrix.
+        recurrent_initializer: initializer of the hidden-to-hidden matrices
+            W_1 … W_L and W_s.
+        bias_initializer: initializer of the biases.
+        kernel_regularizer: regularizer of U.
+        recurrent_regularizer: regularizer of W_1 … W_L and W_s.
+        bias_regularizer: regularizer of the biases.
+        kernel_constraint: constraint of U.
+        recurrent_constraint: constraint of W_1 … W_L and W_s.
+        bias_constraint: constraint of the biases.
+        weight_noise: standard deviation of the Gaussian noise added to U,
+            W_1 … W_L and W_s in training (not to the biases or the leak):
+            one sample per sequence, drawn before the loop, the gradient
+            taken at the noisy weights and applied to the clean ones
+            (Graves 2011; the paper's music runs use 0.075). 0 turns it off.
+        seed: seed of the weight noise.
         return_sequences: return h_1 … h_T instead of h_T.
         return_state: also return the last state.
         go_backwards: run over the sequence in reverse (and return the
@@ -437,12 +465,19 @@ class DeepTransitionRNN(keras.layers.RNN):
             `predict` carry it on every backend (Keras' own RNN layers keep
             it untracked, and on JAX they restart every batch from zeros).
         unroll: unroll the loop (short, fixed-length sequences only).
+        **kwargs: standard layer keyword arguments (`name`, `dtype`,
+            `trainable`, ...); `dtype` and `trainable` also go to the cell.
 
     Call arguments:
         sequences: shape `(batch, timesteps, features)`.
         initial_state: optional list with the initial state.
         mask: optional boolean `(batch, timesteps)`.
         training: passed to the cell.
+
+    Returns:
+        h_T, shape `(batch, units)`, or h_1 … h_T, shape `(batch, timesteps,
+        units)`, with `return_sequences`; with `return_state`, the tuple
+        `(output, h_T)`.
 
     Example:
 

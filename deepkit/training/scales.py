@@ -62,6 +62,7 @@ class ScaledSGD(keras.optimizers.SGD):
         nesterov: bool, as for `keras.optimizers.SGD`.
         lr_scales: dict from a layer name or a run of variable-path segments
             to a factor >= 0 (matching rule above).
+        name: the optimizer's name, `"ScaledSGD"` by default.
         **kwargs: the base optimizer's arguments (`global_clipnorm`, ...).
 
     Example:

@@ -109,8 +109,9 @@ class VariableMomentumSGD(keras.optimizers.Optimizer):
             Keras optimizer.
         momentum: float in [0, 1], the initial momentum.
         nesterov: bool, whether to apply Nesterov momentum.
+        name: the optimizer's name; None gives Keras' default for the class.
         **kwargs: the base optimizer's arguments (`weight_decay`, `clipnorm`,
-            `global_clipnorm`, `name`, ...).
+            `global_clipnorm`, ...).
 
     Example:
 
