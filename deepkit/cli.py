@@ -5,55 +5,105 @@
     deepkit list
     deepkit report RUN_DIR...
 
-Keras is imported only after the backend is chosen (`--backend`, else the
-recipe's `backend:`, else KERAS_BACKEND). A bad recipe exits with status 2 and
-one message naming the file and key path; `--debug` shows the traceback. A run
-whose loss becomes NaN exits with status 3.
+A recipe is read and its structure checked before Keras is imported; Keras is
+imported once the backend is chosen (`--backend`, else the recipe's
+`backend:`, else KERAS_BACKEND), and then every name is checked. Exit status:
+0 done; 2 bad input (recipe, flag, data, run directory), with one line naming
+the file and key path or the flag, and nothing written; 3 the loss became
+NaN (the last good checkpoint is kept); 1 a failure while training or
+evaluating; 130 stopped by Ctrl-C (the run directory resumes). `--debug`
+shows tracebacks. Progress goes to stderr, results to stdout.
 """
 
 import argparse
+import importlib.util
 import os
+import shlex
 import sys
 from pathlib import Path
 
-import yaml
 from rich.console import Console
+from rich.markup import escape
 
+from deepkit.recipe.errors import (RecipeError, RunDiverged, RunFailed, RunInterrupted,
+                                   closest)
 from deepkit.recipe.load import recipes_dir
 
-EXIT_BAD_RECIPE = 2
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_BAD_RECIPE = EXIT_BAD_INPUT  # the older name
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+# The package each backend needs, for the message when it is missing.
+_BACKEND_PACKAGES = {"tensorflow": ("tensorflow", "pip install tensorflow"),
+                     "jax": ("jax", 'pip install "jax[cpu]" (or pip install -e ".[jax]")'),
+                     "torch": ("torch", "pip install torch")}
 
 console = Console(stderr=True)
+
+
+def _say(label, message):
+    """One line on stderr, whatever the terminal's width."""
+    console.print(f"[bold red]{label}[/bold red] {escape(str(message))}", highlight=False,
+                  soft_wrap=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message):
+        _say("error:", f"{self.prog}: {message} (--help lists the options)")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _minutes(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, found {text!r}")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, found {text}")
+    return value
 
 
 def find_recipe(name):
     """A path as given, else a shipped recipe by name (``quickstart``)."""
     path = Path(name)
-    if path.exists() or path.suffix in (".yaml", ".yml"):
+    if path.exists() or path.suffix in (".yaml", ".yml") or os.sep in name:
         return path
     shipped = recipes_dir() / f"{name}.yaml"
-    return shipped if shipped.exists() else path
+    if shipped.exists():
+        return shipped
+    known = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+    raise RecipeError(f"no recipe file {name!r} and no shipped recipe of that name"
+                      f"{closest(name, known)} (`deepkit list` shows them)")
 
 
-def _set_backend(args):
-    """Choose the Keras backend before Keras is imported."""
-    from deepkit.recipe.load import read
+def _check_backend(backend):
+    """RecipeError naming the package to install when `backend` is missing."""
+    module, install = _BACKEND_PACKAGES[backend]
+    if importlib.util.find_spec(module) is None:
+        raise RecipeError(f"--backend {backend}: the {backend} backend needs the {module} "
+                          f"package, which is not installed: {install}")
 
-    backend = getattr(args, "backend", None)
-    if backend is None and getattr(args, "recipe", None):
-        raw = read(find_recipe(args.recipe))
-        backend = raw.get("backend") if isinstance(raw.get("backend"), str) else None
+
+def _set_backend(args, recipe=None):
+    """Choose the Keras backend (before Keras is imported), then import it."""
+    backend = getattr(args, "backend", None) or (recipe.backend if recipe else None)
     if backend:
+        _check_backend(backend)
         if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != backend:
             import keras
 
             if keras.backend.backend() != backend:
-                raise SystemExit(f"deepkit: Keras was already imported with the "
-                                 f"{keras.backend.backend()} backend")
+                raise RecipeError(f"--backend {backend}: Keras was already imported with "
+                                  f"the {keras.backend.backend()} backend")
         os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.command in ("run", "show") and not getattr(args, "debug", False):
+    if getattr(args, "debug", False):
+        import keras  # noqa: F401
+    else:
         _quiet_import_keras()
 
 
@@ -76,22 +126,56 @@ def _quiet_import_keras():
         os.close(devnull)
 
 
-def cmd_run(args):
-    from deepkit.recipe import load
+def _load(args):
+    """The recipe of `args`, structure checked (no Keras), then Keras
+    imported with the right backend, then every name checked."""
+    from deepkit.recipe.load import check, load
 
-    recipe = load(find_recipe(args.recipe), overrides=args.set, smoke=args.smoke)
+    recipe = load(find_recipe(args.recipe), overrides=args.set, smoke=args.smoke,
+                  check_names=False)
+    _set_backend(args, recipe)
+    check(recipe)
+    return recipe
+
+
+def _check_run_dir(run_dir):
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise RecipeError(f"--run-dir {run_dir}: this is an existing file, not a run "
+                          "directory; choose another path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise RecipeError(f"--run-dir {run_dir}: {parent} is a file, so no directory "
+                              "can be made under it")
+
+
+def _resume_command(args, run_dir):
+    argv = list(getattr(args, "argv", sys.argv[1:]))
+    if not args.run_dir:
+        argv += ["--run-dir", str(run_dir)]
+    return shlex.join(["deepkit"] + argv)
+
+
+def cmd_run(args):
+    if args.run_dir:
+        _check_run_dir(args.run_dir)
+    recipe = _load(args)
+    from deepkit.recipe.rundir import default_run_dir
+
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
+    args.resolved_run_dir = run_dir
     from deepkit.recipe.runner import run
 
     command = ["deepkit"] + list(getattr(args, "argv", sys.argv[1:]))
-    run(recipe, run_dir=args.run_dir, console=console, command=command,
+    run(recipe, run_dir=run_dir, console=console, command=command,
         time_limit=args.time_limit)
     return 0
 
 
 def cmd_show(args):
-    from deepkit.recipe import dump, load
+    from deepkit.recipe import dump
 
-    recipe = load(find_recipe(args.recipe), overrides=args.set, smoke=args.smoke)
+    recipe = _load(args)
     print(f"# {recipe.file}: valid" + (" (smoke)" if args.smoke else ""))
     print(dump(recipe), end="")
     return 0
@@ -107,24 +191,28 @@ def _first_comment(path):
 
 
 def cmd_list(args):
+    import yaml
     from rich.table import Table
 
-    from deepkit.recipe.report import format_value
+    from deepkit.recipe.report import format_paper, paper_numbers
 
+    paths = sorted(recipes_dir().glob("*.yaml"))
     table = Table(title=f"recipes in {recipes_dir()}")
-    for column in ("recipe", "what", "paper", "paper's number"):
+    # Names are never cut: they are what the user types next.
+    table.add_column("recipe", no_wrap=True, min_width=max((len(p.stem) for p in paths),
+                                                           default=6))
+    for column in ("what", "paper", "paper's number"):
         table.add_column(column)
-    for path in sorted(recipes_dir().glob("*.yaml")):
+    for path in paths:
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError:
             table.add_row(path.stem, "[red]invalid YAML[/red]", "", "")
             continue
         ref = raw.get("reference") or {}
-        numbers = ", ".join(f"{k} {format_value(k, v)}" for k, v in ref.items()
-                            if k not in ("source", "notes"))
-        table.add_row(path.stem, raw.get("description") or _first_comment(path),
-                      str(ref.get("source", "")), numbers)
+        numbers = ", ".join(f"{k} {format_paper(k, ref)}" for k in paper_numbers(ref))
+        table.add_row(path.stem, escape(str(raw.get("description") or _first_comment(path))),
+                      escape(str(ref.get("source", ""))), numbers)
     Console().print(table)
     return 0
 
@@ -137,8 +225,7 @@ def cmd_report(args):
         try:
             results.append(report.load_results(run_dir))
         except FileNotFoundError as e:
-            console.print(f"[red]deepkit report: {e}[/red]")
-            return EXIT_BAD_RECIPE
+            raise RecipeError(str(e)) from None
     out = Console()
     if len(results) == 1:
         out.print(report.table(results[0]))
@@ -148,9 +235,9 @@ def cmd_report(args):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="deepkit", description=__doc__.splitlines()[0])
+    p = _Parser(prog="deepkit", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = p.add_subparsers(dest="command")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     def recipe_args(sp):
         sp.add_argument("recipe", help="a recipe file, or the name of a shipped recipe")
@@ -159,19 +246,18 @@ def parser():
                              "--set model.sequential[1].Maxout.units=120")
         sp.add_argument("--smoke", action="store_true", help="apply the recipe's smoke: block")
         sp.add_argument("--debug", action="store_true", help="show tracebacks")
+        sp.add_argument("--backend", choices=tuple(_BACKEND_PACKAGES))
 
     sp = sub.add_parser("run", help="run a recipe and report its result")
     recipe_args(sp)
-    sp.add_argument("--backend", choices=("tensorflow", "jax", "torch"))
     sp.add_argument("--run-dir", help="run directory (an existing one is resumed)")
-    sp.add_argument("--time-limit", type=float, metavar="MINUTES",
+    sp.add_argument("--time-limit", type=_minutes, metavar="MINUTES",
                     help="stop each training stage after the last whole epoch that fits "
                          "in MINUTES (a TimeLimit callback), for runs sized to a budget")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("show", help="print the resolved, validated recipe")
     recipe_args(sp)
-    sp.add_argument("--backend", choices=("tensorflow", "jax", "torch"))
     sp.set_defaults(func=cmd_show)
 
     sp = sub.add_parser("list", help="list the shipped recipes")
@@ -185,8 +271,23 @@ def parser():
     return p
 
 
+def _interrupted(args, message=None):
+    """The one line of a run stopped by Ctrl-C, with how to resume it."""
+    run_dir = getattr(args, "resolved_run_dir", None)
+    text = message or "interrupted by Ctrl-C"
+    if run_dir is not None and (Path(run_dir) / "recipe.yaml").exists():
+        text += f"; resume with: {_resume_command(args, run_dir)}"
+    else:
+        text += "; nothing was written"
+    _say("stopped:", text)
+    return EXIT_INTERRUPTED
+
+
 def main(argv=None):
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag (already said in one line)
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for env.json
     if args.version:
         import deepkit
@@ -195,27 +296,44 @@ def main(argv=None):
         return 0
     if not getattr(args, "func", None):
         parser().print_help()
-        return EXIT_BAD_RECIPE
-    from rich.markup import escape
-
+        return EXIT_BAD_INPUT
+    debug = getattr(args, "debug", False)
     from deepkit.datasets import DataError
-    from deepkit.recipe.errors import RecipeError
 
     try:
-        _set_backend(args)
         return args.func(args)
     except (RecipeError, DataError) as e:
-        if getattr(args, "debug", False):
+        if debug:
             raise
-        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False,
-                      soft_wrap=True)  # one line, whatever the width
-        return EXIT_BAD_RECIPE
-    except Exception as e:
-        if type(e).__name__ != "RunDiverged" or getattr(args, "debug", False):
+        _say("error:", e)
+        return EXIT_BAD_INPUT
+    except RunDiverged as e:
+        if debug:
             raise
-        console.print(f"[bold red]stopped:[/bold red] {escape(str(e))}", highlight=False,
-                      soft_wrap=True)  # one line, whatever the width
+        _say("stopped:", e)
         return EXIT_DIVERGED
+    except RunInterrupted as e:
+        if debug:
+            raise
+        return _interrupted(args, str(e))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        return _interrupted(args)
+    except RunFailed as e:
+        if debug:
+            raise
+        _say("failed:", e)
+        return EXIT_FAILED
+    except Exception as e:  # a failure while training or evaluating
+        if debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        where = getattr(args, "resolved_run_dir", None)
+        _say("failed:", f"{type(e).__name__}: {first}"
+             + (f" (run directory {where})" if where else "")
+             + "; --debug shows the traceback")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

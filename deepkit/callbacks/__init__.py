@@ -6,4 +6,5 @@ from deepkit.callbacks.rich_progress import RichProgressBar
 from deepkit.callbacks.stop_at_target import StopAtTarget
 from deepkit.callbacks.momentum import MomentumSchedule
 from deepkit.callbacks.expert_load import ExpertLoad
+from deepkit.callbacks.interrupt import StopOnInterrupt, TrainingInterrupted
 from deepkit.callbacks.time_limit import TimeLimit

@@ -52,3 +52,25 @@ def describe(value):
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{text} ({kind})"
+
+
+class RunDiverged(Exception):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+class RunInterrupted(Exception):
+    """The run was stopped by Ctrl-C; its run directory can be resumed.
+
+    Args:
+        message: where it stopped and which checkpoint is kept.
+        run_dir: the run directory to resume.
+    """
+
+    def __init__(self, message, run_dir=None):
+        self.run_dir = run_dir
+        super().__init__(message)
+
+
+class RunFailed(Exception):
+    """Something went wrong while the run was training or evaluating (not a
+    problem of the recipe, which was valid when the run started)."""

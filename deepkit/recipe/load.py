@@ -49,8 +49,17 @@ def read(path):
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError("no such recipe file", file=path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecipeError(f"cannot read the file: {e}", file=path) from None
+    except UnicodeDecodeError as e:
+        before = e.object[: e.start]
+        line = before.count(b"\n") + 1
+        column = len(before) - (before.rfind(b"\n") + 1) + 1
+        raise RecipeError(f"line {line}, column {column}: the file is not UTF-8 text "
+                          f"(byte {e.object[e.start:e.start + 1]!r} there); save it as "
+                          "UTF-8", file=path) from None
+    except IsADirectoryError:
+        raise RecipeError("expected a recipe file, found a directory", file=path) from None
+    except OSError as e:
+        raise RecipeError(f"cannot read the file: {e.strerror or e}", file=path) from None
     try:
         raw = safe_load(text)
     except yaml.constructor.ConstructorError as e:
@@ -150,6 +159,9 @@ def resolve(raw, overrides=(), smoke=False, file=None):
     """A copy of `raw` with the smoke block (if `smoke`) and overrides applied."""
     raw = copy.deepcopy(raw)
     try:
+        # A misspelt section is reported as such, not as a missing key of
+        # the smoke block or of an override that reaches into it.
+        schema.check_top_keys(raw)
         if smoke:
             block = raw.get("smoke") or {}
             if not isinstance(block, dict):
@@ -180,19 +192,37 @@ def load(path, overrides=(), smoke=False, check_names=True, _chain=()):
         overrides, and its smoke block for a smoke run) and kept as
         ``recipe.init_source``.
     """
-    raw = resolve(read(path), overrides, smoke, file=str(path))
+    original = read(path)
+    raw = resolve(original, overrides, smoke, file=str(path))
     recipe = schema.parse(raw, file=str(path))
-    if check_names:
-        from deepkit.recipe import names
-
-        try:
-            names.validate(recipe)
-        except RecipeError as e:
-            raise e.at(file=str(path)) from None
+    file_data = original.get("data") if isinstance(original.get("data"), dict) else {}
+    recipe = dataclasses.replace(recipe, smoke_run=bool(smoke),
+                                 file_data=copy.deepcopy(file_data))
     if recipe.init_from is not None and "recipe" in recipe.init_from:
-        source = _load_source(recipe, path, smoke, check_names, _chain)
+        source = _load_source(recipe, path, smoke, _chain)
         recipe = dataclasses.replace(recipe, init_source=source)
+    if check_names:
+        check(recipe)
     return recipe
+
+
+def check(recipe):
+    """Check every name, configuration and data file of a parsed recipe (and
+    of its `init_from` source); this imports Keras. `load` calls it unless
+    `check_names=False`, which checks the structure alone, without Keras.
+    """
+    from deepkit.recipe import names
+
+    try:
+        names.validate(recipe)
+    except RecipeError as e:
+        raise e.at(file=recipe.file) from None
+    if recipe.init_source is not None:
+        try:
+            check(recipe.init_source)
+        except RecipeError as e:
+            raise RecipeError(f"the source recipe {recipe.init_source.file} is not valid: {e}",
+                              "init_from.recipe", recipe.file) from None
 
 
 def recipes_dir():
@@ -213,7 +243,7 @@ def find_source(name, recipe_file):
     return None
 
 
-def _load_source(recipe, path, smoke, check_names, chain):
+def _load_source(recipe, path, smoke, chain):
     """Load and validate the recipe that `init_from.recipe` names (with its
     `set` overrides and, for a smoke run, its own smoke block)."""
     name = recipe.init_from["recipe"]
@@ -228,7 +258,7 @@ def _load_source(recipe, path, smoke, check_names, chain):
                           f"({' -> '.join(Path(c).stem for c in chain + (key,))})",
                           "init_from.recipe", str(path))
     try:
-        return load(source_file, recipe.init_from.get("set", ()), smoke, check_names,
+        return load(source_file, recipe.init_from.get("set", ()), smoke, check_names=False,
                     _chain=chain)
     except RecipeError as e:
         raise RecipeError(f"the source recipe {source_file} is not valid: {e}",

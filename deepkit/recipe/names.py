@@ -38,6 +38,54 @@ _LAYER_KWARGS = ("name", "dtype", "trainable", "autocast", "input_shape", "input
                  "batch_size", "activity_regularizer")
 # Loss and metric names Keras' compile() understands as strings.
 _METRIC_STRINGS = ("accuracy", "acc", "crossentropy", "ce")
+# Ranges of well-known numeric arguments, whatever class takes them:
+# name -> (low, low included, high, high included); None is unbounded.
+# A negative learning rate trains (to chance); these are refused up front.
+_RANGES = {
+    "learning_rate": (0.0, False, None, False),
+    "momentum": (0.0, True, 1.0, False),
+    "ema_momentum": (0.0, True, 1.0, True),
+    "beta_1": (0.0, True, 1.0, False),
+    "beta_2": (0.0, True, 1.0, False),
+    "rate": (0.0, True, 1.0, False),
+    "dropout": (0.0, True, 1.0, False),
+    "recurrent_dropout": (0.0, True, 1.0, False),
+    "clipnorm": (0.0, False, None, False),
+    "global_clipnorm": (0.0, False, None, False),
+    "clipvalue": (0.0, False, None, False),
+}
+_NOT_ACTIVATIONS = ("get", "serialize", "deserialize")
+
+
+def _range_text(low, low_in, high, high_in):
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def check_range(key, value, path):
+    """RecipeError when `value` is out of the known range of argument `key`."""
+    bounds = _RANGES.get(key)
+    if bounds is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low, low_in, high, high_in = bounds
+    below = value < low or (value == low and not low_in)
+    above = high is not None and (value > high or (value == high and not high_in))
+    if below or above:
+        raise RecipeError(f"expected {key} {_range_text(*bounds)}, found {describe(value)}",
+                          path)
+
+
+def check_activation(key, value, path):
+    """RecipeError, with the closest names, for an unknown activation name."""
+    if not (key == "activation" or key.endswith("_activation")) or not isinstance(value, str):
+        return
+    try:
+        keras.activations.get(value)
+    except (ValueError, TypeError):
+        known = [n for n in dir(keras.activations) if not n.startswith("_")
+                 and n not in _NOT_ACTIVATIONS and callable(getattr(keras.activations, n))]
+        raise RecipeError(f"unknown activation {value!r}{closest(value, known)}", path) from None
 
 
 def _module_names(kind):
@@ -130,6 +178,8 @@ def check_config(cls, spec):
                 f"(arguments: {', '.join(sorted(params))})",
                 path,
             )
+        check_range(key, value, path)
+        check_activation(key, value, path)
         default = params[key]
         if type(default) in (bool, int, float, str) and value is not None:
             expected = type(default)

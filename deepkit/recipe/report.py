@@ -6,6 +6,47 @@ from pathlib import Path
 from rich.table import Table
 
 RESULTS = "results.json"
+# Keys of a `reference:` block that are not the paper's numbers.
+REFERENCE_META = ("source", "notes", "unverified", "per_dataset")
+# Data options that change what is measured (the examples and the split),
+# unlike the batch size or a sequence length, which change how it is trained.
+SPLIT_OPTIONS = ("limit", "validation")
+
+
+def paper_numbers(reference):
+    """The metric -> number entries of a reference block."""
+    return {k: v for k, v in (reference or {}).items() if k not in REFERENCE_META}
+
+
+def comparable_reference(recipe):
+    """(reference, note): the paper's numbers this run can be compared with.
+
+    A smoke run is compared with nothing. When an override changed the data
+    set, the recipe's `reference.per_dataset` entry for the new data set is
+    used (the paper's number on that data), or nothing; when it changed the
+    split (`data.limit`, `data.validation`), nothing. `note` says why the
+    comparison was dropped or changed, else None.
+    """
+    reference = dict(recipe.reference or {})
+    if recipe.smoke_run:
+        return {}, "smoke run (the recipe's smoke: block): a seconds-long check, not a result"
+    file_data = recipe.file_data if recipe.file_data is not None else {}
+    dataset = recipe.data.dataset
+    if file_data.get("dataset", dataset) != dataset:
+        numbers = (reference.get("per_dataset") or {}).get(dataset)
+        if not numbers:
+            return {}, (f"the paper's numbers are for {file_data['dataset']}; this run "
+                        f"trains on {dataset}, for which the recipe gives none")
+        out = {k: reference[k] for k in ("source",) if k in reference}
+        out.update(numbers)
+        return out, f"the paper's numbers for {dataset} (reference.per_dataset)"
+    for key in SPLIT_OPTIONS:
+        if file_data.get(key) != recipe.data.options.get(key):
+            return {}, (f"data.{key} is {recipe.data.options.get(key)!r} here, "
+                        f"{file_data.get(key)!r} in the recipe the paper's numbers belong "
+                        "to: not comparable")
+    reference.pop("per_dataset", None)
+    return reference, None
 
 
 def derived_metrics(metrics):
@@ -26,6 +67,14 @@ def format_value(key, value):
     return f"{value:.4g}"
 
 
+def format_paper(key, reference):
+    """The paper's number for `key`, marked when it is unverified."""
+    text = format_value(key, (reference or {}).get(key))
+    if key in ((reference or {}).get("unverified") or ()):
+        text += " (unverified)"
+    return text
+
+
 def format_delta(key, value, paper):
     if value is None or paper is None:
         return "—"
@@ -38,10 +87,10 @@ def format_delta(key, value, paper):
 def rows(reference, metrics):
     """[(metric, this run, paper, delta)] with the paper's metrics first."""
     out = []
-    ref = {k: v for k, v in (reference or {}).items() if k not in ("source", "notes")}
+    ref = paper_numbers(reference)
     for key, paper in ref.items():
         value = metrics.get(key)
-        out.append((key, format_value(key, value), format_value(key, paper),
+        out.append((key, format_value(key, value), format_paper(key, reference),
                     format_delta(key, value, paper)))
     for key in sorted(metrics):
         if key not in ref:
@@ -51,9 +100,11 @@ def rows(reference, metrics):
 
 def table(results):
     """A rich Table of one run's results."""
-    title = f"{results['name']}"
+    title = f"{results['name']}" + (" (smoke run)" if results.get("smoke") else "")
     source = (results.get("reference") or {}).get("source")
-    t = Table(title=title, caption=f"paper: {source}" if source else None)
+    caption = "; ".join(c for c in (f"paper: {source}" if source else None,
+                                    results.get("comparison")) if c)
+    t = Table(title=title, caption=caption or None)
     for column in ("metric", "this run", "paper", "delta"):
         t.add_column(column, justify="left" if column == "metric" else "right")
     for row in rows(results.get("reference"), results["metrics"]):
@@ -64,9 +115,11 @@ def table(results):
 def markdown(results):
     """report.md for one run."""
     ref = results.get("reference") or {}
-    lines = [f"# {results['name']}", ""]
+    lines = [f"# {results['name']}" + (" (smoke run)" if results.get("smoke") else ""), ""]
     if ref.get("source"):
         lines += [f"Paper: {ref['source']}", ""]
+    if results.get("comparison"):
+        lines += [f"Comparison: {results['comparison']}.", ""]
     lines += ["| metric | this run | paper | delta |", "|---|---:|---:|---:|"]
     lines += [f"| {' | '.join(r)} |" for r in rows(ref, results["metrics"])]
     env = results.get("env", {})
@@ -122,8 +175,8 @@ def run_labels(results_list, run_dirs=None):
     shared = set.intersection(*map(set, overrides)) if overrides else set()
     labels = []
     for i, r in enumerate(results_list):
-        label = r["name"]
-        if names.count(label) > 1:
+        label = r["name"] + (" (smoke)" if r.get("smoke") else "")
+        if names.count(r["name"]) > 1:
             if run_dirs is not None:
                 label += f" ({Path(run_dirs[i]).name})"
             shown = dict.fromkeys(_short(o) for o in overrides[i] if o not in shared)
@@ -143,8 +196,7 @@ def compare_table(results_list, run_dirs=None):
         results_list: the runs' results dicts.
         run_dirs: their run directories (to tell runs of one recipe apart).
     """
-    refs = [{k: v for k, v in (r.get("reference") or {}).items() if k not in ("source", "notes")}
-            for r in results_list]
+    refs = [paper_numbers(r.get("reference")) for r in results_list]
     keys = []
     for ref in refs:
         keys += [k for k in ref if k not in keys]
@@ -163,11 +215,12 @@ def compare_table(results_list, run_dirs=None):
     for k in keys:
         values = [format_value(k, r["metrics"].get(k)) for r in results_list]
         if one_paper:
-            paper = next((ref[k] for ref in refs if k in ref), None)
-            t.add_row(k, *values, format_value(k, paper))
+            full = next((r.get("reference") for r, ref in zip(results_list, refs) if k in ref),
+                        None)
+            t.add_row(k, *values, format_paper(k, full))
             continue
         t.add_row(k, *values)
         if any(k in ref for ref in refs):
-            t.add_row(f"{k}, paper", *[format_value(k, ref.get(k)) for ref in refs],
+            t.add_row(f"{k}, paper", *[format_paper(k, r.get("reference")) for r in results_list],
                       style="dim")
     return t

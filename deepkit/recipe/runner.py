@@ -26,14 +26,12 @@ from rich.console import Console
 import deepkit
 from deepkit import datasets
 from deepkit.callbacks import (AnnealOnPlateau, ExactBackupAndRestore, RichProgressBar,
-                               StopAtTarget, StopOnNaN, TimeLimit)
+                               StopAtTarget, StopOnInterrupt, StopOnNaN, TimeLimit,
+                               TrainingInterrupted)
 from deepkit.recipe import names, report
-from deepkit.recipe.errors import RecipeError
+from deepkit.recipe.errors import RecipeError, RunDiverged, RunFailed, RunInterrupted
 from deepkit.recipe.load import dump
-
-
-class RunDiverged(Exception):
-    """The loss became NaN or infinite; the last good checkpoint was kept."""
+from deepkit.recipe.rundir import atomic_write, default_run_dir
 
 
 class EpochShuffledArrays(keras.utils.PyDataset):
@@ -76,10 +74,6 @@ class EpochShuffledArrays(keras.utils.PyDataset):
         return tuple(a[rows] for a in self.arrays)
 
 
-def _atomic_write(path, text):
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _framework_versions():
@@ -118,9 +112,6 @@ def environment(recipe, command):
     }
 
 
-def default_run_dir(recipe):
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{recipe.name}-{stamp}"
 
 
 def load_splits(recipe):
@@ -258,7 +249,7 @@ def _best_train_loss(history, callbacks):
     """The training loss at the best epoch by the monitor of the stage's
     EarlyStopping (or AnnealOnPlateau, which also ends at its best epoch)."""
     if not history:
-        raise RecipeError("the previous stage has no history to take its training loss from")
+        raise RunFailed("the previous stage has no history to take its training loss from")
     monitor, mode = None, "min"
     for cb in callbacks:
         if isinstance(cb, (keras.callbacks.EarlyStopping, AnnealOnPlateau)):
@@ -303,7 +294,7 @@ class Runner:
         if self.check_run_dir():
             return True
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.run_dir / "recipe.yaml", dump(self.recipe))
+        atomic_write(self.run_dir / "recipe.yaml", dump(self.recipe))
         return False
 
     def _env(self, resumed):
@@ -313,7 +304,7 @@ class Runner:
             previous = json.loads(path.read_text())
             previous.setdefault("resumed", []).append(env)
             env = previous
-        _atomic_write(path, json.dumps(env, indent=2))
+        atomic_write(path, json.dumps(env, indent=2))
         return env
 
     # -- stages ---------------------------------------------------------------
@@ -355,9 +346,6 @@ class Runner:
 
         train = splits["train"]
         if stage["merge_validation"]:
-            if splits["valid"] is None:
-                raise RecipeError("merge_validation needs a validation split "
-                                  "(set data.validation)", f"stages[{index - 1}]")
             train = tuple(np.concatenate([a, b]) for a, b in zip(train, splits["valid"]))
         stage_seed = recipe.seed + 7919 * index
         data = EpochShuffledArrays(train, recipe.data.batch_size, stage_seed, recipe.fit.shuffle)
@@ -371,21 +359,25 @@ class Runner:
 
         def save_clock(epoch, logs):
             if (self.run_dir / "checkpoints").exists():
-                _atomic_write(clock_path, json.dumps({"seconds": spent + time.perf_counter() - start}))
+                atomic_write(clock_path, json.dumps({"seconds": spent + time.perf_counter() - start}))
 
         # The backup saves each epoch after the callbacks that act on it (a
         # plateau rule, early stopping), so their decisions are part of the
         # checkpoint, and after the history row and the clock, so a kill
         # between the two can only repeat a row (which is de-duplicated),
         # never lose one.
+        # StopOnInterrupt first: on Ctrl-C it raises before any later
+        # callback sees the unfinished epoch (no checkpoint of half an epoch).
+        progress = RichProgressBar(batch_size=recipe.data.batch_size, console=self.console)
         callbacks = [
+            StopOnInterrupt(),
             guard,
             *([ResetStates()] if stateful_layers(model) else []),
             *user_callbacks,
             keras.callbacks.CSVLogger(str(history_path), append=True),
             keras.callbacks.LambdaCallback(on_epoch_end=save_clock),
             backup,
-            RichProgressBar(batch_size=recipe.data.batch_size, console=self.console),
+            progress,
         ]
         fit_kwargs = dict(recipe.fit.options)
         if splits["valid"] is not None:
@@ -398,17 +390,20 @@ class Runner:
         # also shuffle the batch order, from Python's global random state,
         # which a resumed run does not share (and fit.shuffle: false means
         # the stored order).
-        model.fit(data, epochs=stage["epochs"], callbacks=callbacks, verbose=0,
-                  shuffle=False, **fit_kwargs)
+        try:
+            model.fit(data, epochs=stage["epochs"], callbacks=callbacks, verbose=0,
+                      shuffle=False, **fit_kwargs)
+        except TrainingInterrupted as stop:
+            raise RunInterrupted(f"{stop} of stage {index} ({stage['name']}); "
+                                 f"{self._kept(backup)}", self.run_dir) from None
+        finally:
+            progress.on_train_end()  # the live display, also when fit raised
         seconds = spent + time.perf_counter() - start
         if guard.stopped_at is not None:
             epoch, batch = guard.stopped_at
-            meta = backup._metadata()
-            kept = (f"the last good checkpoint (end of epoch {meta['epoch']}) is kept in "
-                    f"{backup.backup_dir}") if meta else "no epoch had finished, so there is no checkpoint"
             raise RunDiverged(
                 f"the loss became NaN at epoch {epoch + 1}, batch {batch + 1} of stage "
-                f"{index} ({stage['name']}); the run stopped; {kept}"
+                f"{index} ({stage['name']}); the run stopped; {self._kept(backup, 'good ')}"
             )
         history = _dedupe_history(history_path)
         summary = {
@@ -421,8 +416,16 @@ class Runner:
         tmp = ckpt / f"tmp-stage-{index}-final.weights.h5"
         model.save_weights(str(tmp))
         os.replace(tmp, final_weights)
-        _atomic_write(done_path, json.dumps(summary))
+        atomic_write(done_path, json.dumps(summary))
         return summary, user_callbacks
+
+    @staticmethod
+    def _kept(backup, good=""):
+        meta = backup._metadata()
+        if not meta:
+            return "no epoch of this stage had finished, so it has no checkpoint yet"
+        return (f"the last {good}checkpoint (end of epoch {meta['epoch']}) is kept in "
+                f"{backup.backup_dir}")
 
     # -- init_from: {recipe: ...} ----------------------------------------------
     def _source_dir(self):
@@ -441,9 +444,8 @@ class Runner:
         finally:
             keras.mixed_precision.set_global_policy(policy)  # the source may set its own
         if results.get("status") != "finished":
-            raise RecipeError(f"the source recipe {source.name} did not finish "
-                              f"({results.get('status')}); its run directory: {run_dir}",
-                              "init_from.recipe", self.recipe.file)
+            raise RunFailed(f"the source recipe {source.name} of init_from.recipe did not "
+                            f"finish ({results.get('status')}); its run directory: {run_dir}")
         return run_dir
 
     def _source_summary(self):
@@ -466,7 +468,7 @@ class Runner:
             results = report.load_results(self.run_dir)
             if results.get("status") == "finished":
                 self.console.print(f"{self.run_dir} is already finished; its report:")
-                self.console.print(report.table(results))
+                Console().print(report.table(results))
                 return results
         spec = recipe.init_from
         if spec is not None and "recipe" in spec and recipe.init_source is None:
@@ -482,6 +484,11 @@ class Runner:
             keras.mixed_precision.set_global_policy("mixed_float16")
         # Load the data before writing anything: a data error leaves no run directory.
         splits = load_splits(recipe)
+        for i, stage in enumerate(recipe.stages):
+            if stage.merge_validation and splits["valid"] is None:
+                raise RecipeError("merge_validation needs a validation split "
+                                  "(set data.validation)", f"stages[{i}].merge_validation",
+                                  recipe.file)
         model = build_model(recipe, splits["train"])
         # Before anything is written, so a bad init_from leaves no run directory;
         # a resumed run gets its weights from the checkpoint instead.
@@ -500,8 +507,8 @@ class Runner:
                 previous, _ = self._run_stage(stage, model, splits, previous)
             except RunDiverged as e:
                 results = {"name": recipe.name, "status": "diverged", "message": str(e),
-                           "metrics": {}, "reference": recipe.reference, "env": env}
-                _atomic_write(self.run_dir / report.RESULTS, json.dumps(results, indent=2))
+                           "metrics": {}, **self._comparison(), "env": env}
+                atomic_write(self.run_dir / report.RESULTS, json.dumps(results, indent=2))
                 raise
             summaries.append(previous)
 
@@ -524,7 +531,7 @@ class Runner:
             "name": recipe.name,
             "status": "finished",
             "metrics": metrics,
-            "reference": recipe.reference,
+            **self._comparison(),
             "stages": summaries,
             "epochs": sum(s["epochs"] for s in summaries),
             "wall_time_s": sum(s["seconds"] for s in summaries),
@@ -533,11 +540,18 @@ class Runner:
         source = self._source_summary()
         if source is not None:
             results["init_from"] = source
-        _atomic_write(self.run_dir / report.RESULTS, json.dumps(results, indent=2))
-        _atomic_write(self.run_dir / "report.md", report.markdown(results))
-        self.console.print(report.table(results))
+        atomic_write(self.run_dir / report.RESULTS, json.dumps(results, indent=2))
+        atomic_write(self.run_dir / "report.md", report.markdown(results))
+        # Progress goes to stderr (self.console), the result to stdout.
+        Console().print(report.table(results))
         self.console.print(f"run directory: {self.run_dir}")
         return results
+
+    def _comparison(self):
+        """The results' `smoke`, `reference` (what this run compares with)
+        and `comparison` (why that differs from the recipe's, if it does)."""
+        reference, note = report.comparable_reference(self.recipe)
+        return {"smoke": self.recipe.smoke_run, "reference": reference, "comparison": note}
 
 
 def run(recipe, run_dir=None, console=None, command=None, time_limit=None):

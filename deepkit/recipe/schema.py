@@ -98,6 +98,11 @@ class Recipe:
     init_source: Any = dataclasses.field(default=None, compare=False, repr=False)
     file: Optional[str] = None
     raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # Filled in by `deepkit.recipe.load.load`: whether the smoke block was
+    # applied, and the data section of the file before any override (what
+    # the reference's numbers were measured on).
+    smoke_run: bool = dataclasses.field(default=False, compare=False)
+    file_data: Optional[dict] = dataclasses.field(default=None, compare=False, repr=False)
 
 
 TOP_KEYS = {
@@ -205,10 +210,45 @@ def _object_list(value, path, file):
     return tuple(object_spec(v, f"{path}[{i}]", file) for i, v in enumerate(value))
 
 
+REFERENCE_TEXT = ("source", "notes")
+
+
+def _reference(ref, path, file, nested=False):
+    """Check a `reference:` block: text keys, numbers, `unverified:` (metric
+    names whose number is not read in the paper) and `per_dataset:` (the
+    paper's numbers on other data sets, by deepkit data-set name)."""
+    ref = _mapping(ref, path, file)
+    for key, value in ref.items():
+        where = f"{path}.{key}"
+        if key in REFERENCE_TEXT:
+            check_type(value, str, where, file)
+        elif key == "unverified":
+            check_type(value, list, where, file)
+            for i, name in enumerate(value):
+                numbers = [k for k, v in ref.items() if k not in REFERENCE_TEXT
+                           and k not in ("unverified", "per_dataset")]
+                if name not in numbers:
+                    raise RecipeError(f"expected the name of a number of this reference, "
+                                      f"found {describe(name)}{closest(name, numbers)}",
+                                      f"{where}[{i}]", file)
+        elif key == "per_dataset" and not nested:
+            for dataset, numbers in _mapping(value, where, file).items():
+                _reference(numbers, f"{where}.{dataset}", file, nested=True)
+        elif not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise RecipeError(f"expected a number (the paper's value of {key}), "
+                              f"found {describe(value)}", where, file)
+    return ref
+
+
+def check_top_keys(raw, file=None):
+    """RecipeError for a top-level key the schema does not know."""
+    _check_keys(raw, TOP_KEYS, "", file)
+
+
 def parse(raw, file=None):
     """Check the structure of a recipe mapping and return a `Recipe`."""
     _mapping(raw, None, file, what="a mapping of recipe sections at the top level")
-    _check_keys(raw, TOP_KEYS, "", file)
+    check_top_keys(raw, file)
     for key, required in TOP_KEYS.items():
         if required and key not in raw:
             raise RecipeError(f"missing required section {key!r}", key, file)
@@ -277,13 +317,7 @@ def parse(raw, file=None):
             raise RecipeError(f"expected one of {', '.join(SPLITS)}, found {describe(split)}"
                               f"{closest(split, SPLITS)}", f"evaluate.splits[{i}]", file)
 
-    reference = _mapping(raw.get("reference", {}) or {}, "reference", file)
-    for key, value in reference.items():
-        if key in ("source", "notes"):
-            check_type(value, str, f"reference.{key}", file)
-        elif not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise RecipeError(f"expected a number (the paper's value of {key}), "
-                              f"found {describe(value)}", f"reference.{key}", file)
+    reference = _reference(raw.get("reference", {}) or {}, "reference", file)
 
     smoke = _mapping(raw.get("smoke", {}) or {}, "smoke", file)
 

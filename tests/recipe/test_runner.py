@@ -202,10 +202,12 @@ def test_finished_run_directory_prints_the_report_without_training(finished_run,
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert cli.main(argv) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
     # rich wraps at the console width; a long temporary path moves the break
-    assert "is already finished; its report:" in " ".join(err.split())
-    assert "test_error" in err and "0.94%" in err
+    assert "is already finished; its report:" in " ".join(captured.err.split())
+    # the report is a result: stdout; progress and notes: stderr
+    assert "test_error" in captured.out and "0.94%" in captured.out
+    assert "test_error" not in captured.err
     assert not no_fit
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
