@@ -202,7 +202,7 @@ def cmd_list(args):
     table.add_column("recipe", no_wrap=True, min_width=max((len(p.stem) for p in paths),
                                                            default=6))
     for column in ("what", "paper", "paper's number"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # wrapped, never cut with an ellipsis
     for path in paths:
         try:
             raw = yaml.safe_load(path.read_text()) or {}

@@ -243,3 +243,12 @@ def test_load_model_registers_deepkit_classes_after_a_bare_import(tmp_path):
          "import sys, keras, deepkit; keras.saving.load_model(sys.argv[1])", str(path)],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert plain.returncode != 0 and "Could not locate class" in plain.stderr
+
+
+def test_list_at_80_columns_cuts_no_name(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    for path in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"):
+        assert f"│ {path.stem} " in out, path.stem
