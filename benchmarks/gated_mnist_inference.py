@@ -2,7 +2,7 @@
 
 Usage (from the repository root, with DEEPKIT_DATA set):
 
-    KERAS_BACKEND=jax python results/gated_mnist_inference.py RUN_DIR [RUN_DIR ...] [--mc 10]
+    KERAS_BACKEND=jax python benchmarks/gated_mnist_inference.py RUN_DIR [RUN_DIR ...] [--mc 10]
 
 For each run directory (its model.keras), prints the valid and test error in %
 with the rules `top_fraction`, `threshold` (0.5), a global threshold that turns
