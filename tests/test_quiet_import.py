@@ -3,12 +3,10 @@ under JAX writes nothing to stderr and does not import TensorFlow, and
 TensorFlow imported after deepkit leaves out its C++ INFO/WARNING start-up
 lines unless the user asked for them."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 
-import pytest
 
 PACKAGES = ("layers", "models", "callbacks", "training", "metrics")
 
@@ -22,7 +20,6 @@ def _run(code, backend, **env):
     return result
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs jax")
 def test_import_under_jax_writes_nothing_and_leaves_tensorflow_out():
     imports = "; ".join(f"import deepkit.{name}" for name in PACKAGES)
     result = _run(f"import sys; {imports}; print('tensorflow' in sys.modules)", "jax")
@@ -30,7 +27,6 @@ def test_import_under_jax_writes_nothing_and_leaves_tensorflow_out():
     assert result.stdout.strip() == "False"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs tensorflow")
 def test_tensorflow_imported_after_deepkit_hides_its_info_and_warning_lines():
     # Under JAX, TensorFlow arrives later (model.save, a tf.data pipeline).
     code = "import os, deepkit, tensorflow; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
