@@ -1,3 +1,3 @@
 """deepkit.models."""
 from deepkit.models.conditional import ConditionalGatedMLP
-from deepkit.models.hard_mixture import HardParallelMixture, balanced_assignment
+from deepkit.models.hard_mixture import HardParallelMixture

@@ -1,6 +1,4 @@
-"""HardParallelMixture: Collobert, Bengio & Bengio's hard mixture, trained by alternation."""
-
-import math
+"""HardParallelMixture: Collobert, Bengio & Bengio's hard mixture of MLP experts."""
 
 import keras
 import numpy as np
@@ -10,126 +8,37 @@ from deepkit.export import export
 from deepkit.layers import routing
 
 COMBINE = ("hard", "soft")
-
-
-def balanced_assignment(weights, capacity, order):
-    """Greedy capacity-bounded assignment of examples to experts.
-
-    Collobert et al.'s reassignment step: each example, taken in `order`,
-    goes to the expert with the largest gater weight among those that hold
-    fewer than `capacity` examples.
-
-    Args:
-        weights: ``[N, M]`` gater weights (any scores; larger is preferred).
-        capacity: most examples one expert may take; ``capacity · M >= N``.
-        order: a permutation of ``range(N)``, the order of assignment.
-
-    Returns:
-        int32 ``[N]``, the expert of each example.
-    """
-    weights = np.asarray(weights)
-    num, experts = weights.shape
-    if capacity * experts < num:
-        raise ValueError(
-            f"capacity {capacity} x {experts} experts holds fewer than the {num} examples"
-        )
-    ranked = np.argsort(-weights, axis=1, kind="stable")
-    counts = np.zeros(experts, dtype=np.int64)
-    assignment = np.empty(num, dtype=np.int32)
-    for i in order:
-        for m in ranked[i]:
-            if counts[m] < capacity:
-                assignment[i] = m
-                counts[m] += 1
-                break
-    return assignment
-
-
-def _arrays(x, y):
-    """`(x, y)` numpy arrays from arrays or a PyDataset holding `.arrays`."""
-    if y is None and hasattr(x, "arrays"):
-        x = tuple(x.arrays)
-    if y is None and isinstance(x, (tuple, list)):
-        if len(x) > 2:
-            raise ValueError(
-                "HardParallelMixture.fit does not take sample weights; got "
-                f"{len(x)} arrays (x, y, ...)"
-            )
-        if len(x) == 2:
-            x, y = x
-    if y is None:
-        raise ValueError(
-            "HardParallelMixture.fit needs the whole training set as arrays, "
-            "fit(x, y), or a dataset exposing them as `.arrays`; got "
-            f"{type(x).__name__} without targets"
-        )
-    return np.asarray(x), np.asarray(y)
-
-
-class _ExpertPhase(keras.Model):
-    """The experts alone, each on its own examples: ``[1, M, b, d] -> [1, M, b, C]``."""
-
-    def __init__(self, mixture, **kwargs):
-        kwargs.setdefault("name", "expert_phase")  # not "_expert_phase": TF scope names
-        super().__init__(**kwargs)
-        self.mixture = mixture
-
-    def call(self, grouped):
-        logits = self.mixture.grouped_expert_logits(grouped[0])
-        return ops.expand_dims(ops.softmax(logits, axis=-1), 0)
-
-
-class _GaterPhase(keras.Model):
-    """The gater over fixed experts: ``(x, P[N, M, C]) -> Σ_m w_m(x) P_m``."""
-
-    def __init__(self, mixture, **kwargs):
-        kwargs.setdefault("name", "gater_phase")
-        super().__init__(**kwargs)
-        self.mixture = mixture
-
-    def call(self, inputs):
-        x, expert_probs = inputs
-        weights = self.mixture.gater_weights(x)
-        return ops.sum(ops.expand_dims(weights, -1) * expert_probs, axis=1)
+# Training settings that older versions kept in the model's config; they
+# belong to `deepkit.training.Alternation` now and are ignored on load.
+_TRAINING_KEYS = ("capacity_slack", "expert_epochs", "gater_epochs", "gater_learning_rate")
 
 
 @export
 class HardParallelMixture(keras.Model):
-    """A hard mixture of MLP experts, trained by Collobert et al.'s alternation.
+    """A hard mixture of MLP experts: a gater sends each example to one expert.
 
     ``num_experts`` two-layer MLP experts and a gater MLP (softmax over the
-    experts). `fit` runs the paper's algorithm; one Keras epoch is one round:
+    experts). The model defines the architecture and inference; how it is
+    trained is up to the caller:
 
-    1. round 0: the training set is split into ``num_experts`` random subsets
-       of equal size; later rounds reassign every example (step 4 below);
-    2. each expert trains on its own subset only (``expert_epochs`` passes),
-       all experts stepping together on batches of ``batch_size`` examples
-       *per expert*, as if each ran alone on its own machine;
-    3. with the experts fixed, the gater trains (``gater_epochs`` passes) to
-       minimize the negative log-likelihood of the soft mixture
-       ``Σ_m w_m(x) p_m(y | x)`` on the whole training set (the experts'
-       outputs are computed once per round);
-    4. each example, in a random order, goes to the expert with the largest
-       gater weight among those holding fewer than
-       ``ceil(N / M · (1 + capacity_slack))`` examples;
-    5. the next round starts at 2; Keras callbacks decide when to stop (the
-       paper stops when the validation error rises: ``EarlyStopping``).
-
-    After each round the logs hold the mixture's training loss and accuracy
-    (from the gater phase), ``expert_loss``, ``reassigned`` (the fraction of
-    examples that changed expert in step 4), ``largest_subset`` (as a
-    fraction of an even share), and the compiled metrics on
-    ``validation_data``. The assignment is a function of the gater's weights
-    and the round's seed, so a run restored from a checkpoint of round r
-    continues exactly. The two phases use fresh copies of the compiled
-    optimizer each round (the gater's learning rate may differ).
+    - `deepkit.training.Alternation` (or `fit_alternating`) runs Collobert
+      et al.'s algorithm: experts trained on their own subsets, the gater
+      trained on the soft mixture with the experts fixed, examples
+      reassigned under a capacity bound, one Keras epoch per round;
+    - ordinary `fit` trains the model end to end on its compiled loss, as
+      any Keras model (with ``combine="hard"`` the argmax routing passes no
+      gradient to the gater; ``combine="soft"`` trains both).
 
     At inference (``call``), ``combine="hard"`` sends each example to its
-    argmax expert only (conditional computation: tokens are gathered into
+    argmax expert only (conditional computation: examples are gathered into
     per-expert buffers as in `GatedExperts`, with ``eval_capacity_factor``,
     by default ``num_experts``, so that nothing is dropped);
     ``combine="soft"`` returns the gater-weighted mixture of all experts.
     Outputs are class probabilities.
+
+    `last_assignment` holds the expert of each training example after the
+    last round of `Alternation` (None before); it is saved with the weights,
+    so a resumed run compares its next reassignment with it.
 
     Args:
         num_experts: number of experts ``M``.
@@ -139,16 +48,9 @@ class HardParallelMixture(keras.Model):
         activation: the experts' hidden activation.
         gater_activation: the gater's hidden activation.
         combine: ``"hard"`` or ``"soft"``, the inference rule.
-        capacity_slack: extra room per expert in step 4, as a fraction of
-            an even share (Collobert et al.'s constant ``c``, relative).
-        expert_epochs: passes over each expert's subset per round.
-        gater_epochs: passes of the gater over the training set per round.
-        gater_learning_rate: the gater's learning rate; None: the compiled
-            optimizer's.
         eval_capacity_factor: capacity factor of the hard inference dispatch;
             None: ``num_experts`` (no example dropped).
-        seed: seed of the initial split, the assignment order and the
-            initializers.
+        seed: seed of the initializers.
         **kwargs: base `Model` arguments.
 
     Example:
@@ -157,8 +59,9 @@ class HardParallelMixture(keras.Model):
     model = HardParallelMixture(num_experts=4, expert_units=32, num_classes=10)
     model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    model.fit(x_train, y_train, batch_size=32, epochs=5,
-              validation_data=(x_valid, y_valid))
+    Alternation(expert_epochs=2, seed=1).fit(
+        model, x_train, y_train, batch_size=32, epochs=5,
+        validation_data=(x_valid, y_valid))
     ```
 
     Reference:
@@ -176,10 +79,6 @@ class HardParallelMixture(keras.Model):
         activation="relu",
         gater_activation="tanh",
         combine="hard",
-        capacity_slack=0.1,
-        expert_epochs=1,
-        gater_epochs=1,
-        gater_learning_rate=None,
         eval_capacity_factor=None,
         seed=None,
         **kwargs,
@@ -189,11 +88,6 @@ class HardParallelMixture(keras.Model):
             raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
         if int(num_experts) < 1:
             raise ValueError(f"num_experts must be at least 1, got {num_experts}")
-        if float(capacity_slack) < 0:
-            raise ValueError(f"capacity_slack must be >= 0, got {capacity_slack}")
-        for name, value in (("expert_epochs", expert_epochs), ("gater_epochs", gater_epochs)):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
         self.num_experts = int(num_experts)
         self.expert_units = int(expert_units)
         self.num_classes = int(num_classes)
@@ -202,12 +96,6 @@ class HardParallelMixture(keras.Model):
         self.activation = keras.activations.get(activation)
         self.gater_activation = gater_activation
         self.combine = combine
-        self.capacity_slack = float(capacity_slack)
-        self.expert_epochs = int(expert_epochs)
-        self.gater_epochs = int(gater_epochs)
-        self.gater_learning_rate = (
-            None if gater_learning_rate is None else float(gater_learning_rate)
-        )
         self.eval_capacity_factor = (
             float(self.num_experts) if eval_capacity_factor is None else float(eval_capacity_factor)
         )
@@ -234,10 +122,6 @@ class HardParallelMixture(keras.Model):
 
     def _seed(self, offset):
         return None if self.seed is None else int(self.seed) + offset
-
-    def _rng(self, *keys):
-        """The generator of one use (round, phase) drawn from the seed."""
-        return np.random.default_rng([0 if self.seed is None else int(self.seed), *keys])
 
     def build(self, input_shape):
         dim = 1
@@ -328,203 +212,15 @@ class HardParallelMixture(keras.Model):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)
 
-    # -- Collobert et al.'s alternation --------------------------------------
-
-    def capacity(self, num_examples):
-        """Most examples one expert may hold in step 4."""
-        return math.ceil(num_examples / self.num_experts * (1.0 + self.capacity_slack))
-
-    def assignment(self, x, round_index, batch_size=256):
-        """The expert of each training example in round `round_index`."""
-        num = len(x)
-        rng = self._rng(int(round_index))
-        if round_index == 0:
-            # Random subsets of equal size.
-            return (rng.permutation(num) % self.num_experts).astype(np.int32)
-        weights = self._predict_in_batches(self.gater_weights, x, batch_size)
-        return balanced_assignment(weights, self.capacity(num), rng.permutation(num))
-
-    def _predict_in_batches(self, fn, x, batch_size):
-        outputs = []
-        for start in range(0, len(x), batch_size):
-            outputs.append(ops.convert_to_numpy(fn(x[start:start + batch_size])))
-        return np.concatenate(outputs)
-
-    def _expert_variables(self):
+    @property
+    def expert_variables(self):
+        """The experts' weights (what the expert phase of a round trains)."""
         return [self.expert_kernel_1, self.expert_bias_1, self.expert_kernel_2, self.expert_bias_2]
 
-    def _fit_phase(self, phase, trainable, *args, **kwargs):
-        """`phase.fit` with only the variables in `trainable` trainable."""
-        keep = {id(v) for v in trainable}
-        saved = [(v, v.trainable) for v in self.variables]
-        for v, _ in saved:
-            v.trainable = id(v) in keep
-        try:
-            return phase.fit(*args, **kwargs)
-        finally:
-            for v, flag in saved:
-                v.trainable = flag
-
-    def _phase_optimizer(self, learning_rate=None):
-        config = keras.optimizers.serialize(self.optimizer)
-        optimizer = keras.optimizers.deserialize(config)
-        if learning_rate is not None:
-            optimizer.learning_rate = learning_rate
-        return optimizer
-
-    def _train_experts(self, x, y, assignment, batch_size, rng):
-        experts = self.num_experts
-        members = [np.flatnonzero(assignment == m) for m in range(experts)]
-        steps = max(1, max(math.ceil(len(idx) / batch_size) for idx in members))
-        grouped = np.zeros((steps, experts, batch_size), dtype=np.int64)
-        # An expert that the reassignment left without examples sits out the
-        # round: its slots hold example 0 with weight 0.
-        weights = np.ones((steps, experts, batch_size), dtype="float32")
-        for m, idx in enumerate(members):
-            if len(idx) == 0:
-                weights[:, m, :] = 0.0
-                continue
-            order = rng.permutation(idx)
-            need = steps * batch_size
-            if need > len(order):  # pad with a random draw from the same subset
-                order = np.concatenate([order, rng.choice(idx, need - len(order))])
-            grouped[:, m, :] = order[:need].reshape(steps, batch_size)
-        xg = x.reshape(len(x), -1)[grouped]  # [steps, M, b, d]
-        yg = y[grouped]
-        phase = _ExpertPhase(self)
-        # The loss is averaged over all M·b examples of a step; times M, each
-        # expert's gradient is that of its own batch of b examples.
-        scale = float(experts)
-
-        def loss(y_true, y_pred):
-            return scale * keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
-
-        phase.compile(optimizer=self._phase_optimizer(), loss=loss)
-        history = self._fit_phase(
-            phase, self._expert_variables(), xg, yg, sample_weight=weights,
-            batch_size=1, epochs=self.expert_epochs, verbose=0, shuffle=False,
-        )
-        return history.history["loss"][-1] / scale
-
-    def _train_gater(self, x, y, batch_size, rng):
-        order = rng.permutation(len(x))
-        x, y = x[order], y[order]
-        probs = self._predict_in_batches(self.all_expert_probs, x, max(batch_size, 256))
-        phase = _GaterPhase(self)
-        phase.compile(
-            optimizer=self._phase_optimizer(self.gater_learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        gater_variables = [v for layer in self.gater for v in layer.trainable_variables]
-        history = self._fit_phase(
-            phase, gater_variables, (x, probs), y,
-            batch_size=batch_size, epochs=self.gater_epochs, verbose=0, shuffle=False,
-        )
-        return {k: v[-1] for k, v in history.history.items()}
-
-    def fit(
-        self,
-        x=None,
-        y=None,
-        batch_size=None,
-        epochs=1,
-        verbose="auto",
-        callbacks=None,
-        validation_data=None,
-        initial_epoch=0,
-        shuffle=True,
-        validation_batch_size=None,
-        **kwargs,
-    ):
-        """Collobert et al.'s alternation; one epoch is one round.
-
-        Args:
-            x, y: the whole training set as arrays (or a dataset exposing
-                ``.arrays``, such as the recipe runner's).
-            batch_size: examples per expert per step in the expert phase, and
-                the gater's batch size; default: the dataset's, else 32.
-            epochs: number of rounds.
-            verbose: 0 silent; otherwise a line per round.
-            callbacks: Keras callbacks, called once per round.
-            validation_data: ``(x, y)`` evaluated after each round.
-            initial_epoch: the round to start from.
-            shuffle: accepted for compatibility; the order of every phase is
-                drawn from (seed, round).
-            validation_batch_size: batch size of the validation pass.
-            **kwargs: other `Model.fit` arguments are not supported here.
-
-        Returns:
-            The `History` callback.
-        """
-        if kwargs:
-            raise ValueError(
-                f"HardParallelMixture.fit does not take {sorted(kwargs)}: each epoch is "
-                "one round of the alternating algorithm over the whole training set"
-            )
-        if getattr(self, "optimizer", None) is None:
-            raise ValueError("compile the HardParallelMixture with an optimizer before fit")
-        if batch_size is None:
-            batch_size = getattr(x, "batch_size", None) or 32
-        x, y = _arrays(x, y)
-        if len(x) < self.num_experts:
-            raise ValueError(
-                f"{len(x)} training examples cannot be split among {self.num_experts} experts"
-            )
-        if not self.built:
-            self.build((None,) + tuple(x.shape[1:]))
-        if validation_data is not None:
-            validation_data = _arrays(validation_data, None)
-        steps = math.ceil(len(x) / batch_size)
-        forward_batch = max(batch_size, 256)  # forward passes only
-        if not isinstance(callbacks, keras.callbacks.CallbackList):
-            callbacks = keras.callbacks.CallbackList(
-                callbacks,
-                add_history=True,
-                add_progbar=verbose not in (0, "auto"),
-                verbose=verbose,
-                epochs=epochs,
-                # One "batch" per round, reported as the last of a pass over
-                # the training set, so that progress bars count examples.
-                steps=steps,
-                model=self,
-            )
-        self.stop_training = False
-        logs = {}
-        callbacks.on_train_begin()
-        initial_epoch = self._initial_epoch or initial_epoch
-        # The last round's assignment, restored with the weights when a run
-        # resumes (see save_own_variables), for the `reassigned` log.
-        previous = self.last_assignment if initial_epoch > 0 else None
-        if previous is not None and len(previous) != len(x):
-            previous = None
-        for round_index in range(initial_epoch, epochs):
-            callbacks.on_epoch_begin(round_index)
-            callbacks.on_train_batch_begin(0)
-            assignment = self.assignment(x, round_index, forward_batch)
-            counts = np.bincount(assignment, minlength=self.num_experts)
-            rng = self._rng(int(round_index), 1)
-            expert_loss = self._train_experts(x, y, assignment, batch_size, rng)
-            gater_logs = self._train_gater(x, y, batch_size, rng)
-            logs = dict(gater_logs)
-            logs["expert_loss"] = float(expert_loss)
-            logs["reassigned"] = (
-                float(np.mean(assignment != previous)) if previous is not None else 1.0
-            )
-            logs["largest_subset"] = float(counts.max() * self.num_experts / len(x))
-            previous = self.last_assignment = assignment
-            callbacks.on_train_batch_end(steps - 1, logs)
-            if validation_data is not None:
-                val_logs = self.evaluate(
-                    *validation_data, batch_size=validation_batch_size or forward_batch,
-                    verbose=0, return_dict=True,
-                )
-                logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            callbacks.on_epoch_end(round_index, logs)
-            if self.stop_training:
-                break
-        callbacks.on_train_end(logs)
-        return self.history
+    @property
+    def gater_variables(self):
+        """The gater's weights (what the gater phase of a round trains)."""
+        return [v for layer in self.gater for v in layer.trainable_variables]
 
     def save_own_variables(self, store):
         """The weights, plus the last round's assignment when there is one.
@@ -556,12 +252,13 @@ class HardParallelMixture(keras.Model):
                 "activation": self.activation_name,
                 "gater_activation": self.gater_activation,
                 "combine": self.combine,
-                "capacity_slack": self.capacity_slack,
-                "expert_epochs": self.expert_epochs,
-                "gater_epochs": self.gater_epochs,
-                "gater_learning_rate": self.gater_learning_rate,
                 "eval_capacity_factor": self.eval_capacity_factor,
                 "seed": self.seed,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = {k: v for k, v in config.items() if k not in _TRAINING_KEYS}
+        return cls(**config)

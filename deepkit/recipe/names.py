@@ -16,6 +16,7 @@ import re
 import keras
 
 from deepkit import datasets, export
+from deepkit.training.stages import Trainer
 from deepkit.recipe.errors import RecipeError, closest, describe
 from deepkit.recipe.schema import ObjectSpec, check_type, object_spec
 
@@ -30,6 +31,7 @@ _BASES = {
     "initializer": (keras.initializers, keras.initializers.Initializer),
     "constraint": (keras.constraints, keras.constraints.Constraint),
     "regularizer": (keras.regularizers, keras.regularizers.Regularizer),
+    "trainer": (None, Trainer),
 }
 # Kinds that may appear nested inside another object's configuration.
 _NESTED_KINDS = ("schedule", "initializer", "constraint", "regularizer", "layer")
@@ -317,6 +319,8 @@ def validate(recipe):
         build_model_object(recipe)
     build_compile_args(recipe)
     build_callbacks(recipe.fit.callbacks)
+    if recipe.fit.trainer is not None:
+        build("trainer", recipe.fit.trainer)
     for stage in recipe.stages:
         if stage.optimizer is not None:
             build("optimizer", stage.optimizer)

@@ -57,6 +57,7 @@ class FitSpec:
     callbacks: tuple  # of ObjectSpec
     shuffle: bool
     options: dict  # other fit() arguments
+    trainer: Any = None  # ObjectSpec of a trainer (deepkit.training.Trainer), or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +131,7 @@ FIT_KEYS = {
     "validation_batch_size": int,
     "steps_per_epoch": int,
     "class_weight": dict,
+    "trainer": None,
 }
 COMPILE_KEYS = {
     "optimizer": None,
@@ -306,7 +308,10 @@ def parse(raw, file=None):
         epochs=fit["epochs"],
         callbacks=_object_list(fit.get("callbacks", []), "fit.callbacks", file),
         shuffle=fit.get("shuffle", True),
-        options={k: v for k, v in fit.items() if k not in ("epochs", "callbacks", "shuffle")},
+        options={k: v for k, v in fit.items()
+                 if k not in ("epochs", "callbacks", "shuffle", "trainer")},
+        trainer=(object_spec(fit["trainer"], "fit.trainer", file)
+                 if fit.get("trainer") is not None else None),
     )
 
     evaluate = _mapping(raw.get("evaluate", {}) or {}, "evaluate", file)

@@ -154,6 +154,7 @@ compile:
   metrics: [accuracy]
 fit:
   epochs: 4
+  trainer: {Alternation: {seed: 4}}
   callbacks:
     - EarlyStopping: {monitor: val_loss, patience: 3}
     - KillAt: {epoch: 2, batch: LAST_BATCH}
@@ -162,8 +163,9 @@ evaluate: {splits: [test]}
 
 
 def test_killed_hard_mixture_run_resumes_to_the_same_result(tmp_path):
-    # HardParallelMixture.fit is its own loop (one round per epoch, reported
-    # as one pass of batches); the runner's backup must resume it exactly.
+    # The Alternation trainer is its own loop over fit calls (one round per
+    # epoch, reported as one pass of batches); the runner's backup must
+    # resume it exactly.
     x, _ = datasets.load("mnist_sample", "train", flatten=True, limit=600, validation=100)
     last_batch = -(-len(x) // 10) - 1
     recipe = _write(tmp_path, "hardkill.yaml", HARD_KILL.replace("LAST_BATCH", str(last_batch)))

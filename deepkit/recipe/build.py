@@ -1,0 +1,132 @@
+"""What a recipe builds: its data splits, its model, its `init_from` weights, its stages.
+
+Each function turns one section of a validated `Recipe` into the library's
+own objects (numpy arrays, a Keras model, `deepkit.training.Stage`), so the
+runner only orchestrates them.
+"""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from deepkit import datasets
+from deepkit.callbacks import TimeLimit
+from deepkit.recipe import names
+from deepkit.recipe.errors import RecipeError
+from deepkit.training.stages import Stage, previous_train_loss
+
+# Targets of `until:` given by name in recipes.
+UNTIL_TARGETS = {"previous_train_loss": previous_train_loss}
+
+
+def load_splits(recipe):
+    """{split: arrays or None} for train, valid and test."""
+    data = recipe.data
+    options = dict(data.options)
+    if "batch_size" in datasets.get(data.dataset).options:
+        options["batch_size"] = data.batch_size
+    out = {}
+    for split in datasets.SPLITS:
+        try:
+            arrays = datasets.load(data.dataset, split, **options)
+        except datasets.DataError as e:
+            raise RecipeError(str(e), "data", recipe.file) from None
+        out[split] = None if arrays is None else tuple(np.asarray(a) for a in arrays)
+    if out["train"] is None:
+        raise RecipeError(f"data set {data.dataset!r} gave no training split", "data")
+    for i, stage in enumerate(recipe.stages):
+        if stage.merge_validation and out["valid"] is None:
+            raise RecipeError("merge_validation needs a validation split (set data.validation)",
+                              f"stages[{i}].merge_validation", recipe.file)
+    return out
+
+
+def build_model(recipe, train):
+    """The recipe's model, built on the shape of the training inputs."""
+    x = train[0]
+    if recipe.model.sequential is not None:
+        layers = names.build_layers(recipe)
+        # Stateful layers need a static batch size.
+        stateful = any(getattr(layer, "stateful", False) for layer in layers)
+        batch = recipe.data.batch_size if stateful else None
+        inputs = keras.Input(shape=x.shape[1:], dtype=str(x.dtype), batch_size=batch)
+        model = keras.Sequential([inputs] + layers, name=recipe.name)
+    else:
+        model = names.build_model_object(recipe)
+        model(x[: recipe.data.batch_size])
+    return model
+
+
+def compile_arguments(recipe, optimizer_spec=None):
+    """Keyword arguments of `model.compile` (with another optimizer for a stage)."""
+    return {**names.build_compile_args(recipe, optimizer_spec), "jit_compile": recipe.jit_compile}
+
+
+def init_from(model, spec, file=None):
+    """Copy the weights of `spec["layers"]` from a finished run into `model`.
+
+    `spec["path"]` is a run directory (its `model.keras`) or a `.keras` file;
+    each named layer must exist in both models with weights of the same
+    shapes. Returns the names copied. Pascanu et al. 2014 start their
+    DOT(S)-RNN from a trained DT(S)-RNN this way.
+    """
+    path = Path(spec["path"]).expanduser()
+    source_file = path / "model.keras" if path.is_dir() else path
+    if not source_file.is_file():
+        raise RecipeError(f"no trained model at {source_file}: expected the directory of a "
+                          "finished run (its model.keras) or a .keras file; run the source "
+                          f"recipe with --run-dir {path} first", "init_from.path", file)
+    # This recipe's own layer names first: no need to load the source for them.
+    target_layers = {layer.name: layer for layer in model.layers}
+    for i, name in enumerate(spec["layers"]):
+        if name not in target_layers:
+            raise RecipeError(f"this recipe's model has no layer {name!r}; its layers: "
+                              f"{', '.join(target_layers)}", f"init_from.layers[{i}]", file)
+    try:
+        source = keras.saving.load_model(str(source_file), compile=False)
+    except Exception as error:  # a broken or foreign file: say which, no traceback
+        raise RecipeError(f"could not load the model in {source_file}: "
+                          f"{type(error).__name__}: {str(error).splitlines()[0][:300]}",
+                          "init_from.path", file) from None
+    source_layers = {layer.name: layer for layer in source.layers}
+    for i, name in enumerate(spec["layers"]):
+        where = f"init_from.layers[{i}]"
+        if name not in source_layers:
+            raise RecipeError(f"the model in {source_file} has no layer {name!r}; its layers: "
+                              f"{', '.join(source_layers)}", where, file)
+        src, dst = source_layers[name].get_weights(), target_layers[name].get_weights()
+        shapes = ([w.shape for w in src], [w.shape for w in dst])
+        if shapes[0] != shapes[1]:
+            raise RecipeError(f"layer {name!r} has weights of shapes {shapes[0]} in "
+                              f"{source_file} but {shapes[1]} here", where, file)
+        target_layers[name].set_weights(src)
+    return list(spec["layers"])
+
+
+def _time_limit(callbacks, minutes):
+    return callbacks + ([TimeLimit(minutes)] if minutes is not None else [])
+
+
+def stages(recipe, time_limit=None):
+    """The recipe's `fit:` and `stages:` as `deepkit.training.Stage` objects.
+
+    The first stage trains with the model's compiled state; a later stage
+    with an `optimizer:` is compiled anew with it. `time_limit` (minutes)
+    adds a `TimeLimit` to every stage.
+    """
+    fit = recipe.fit
+    trainer = names.build("trainer", fit.trainer) if fit.trainer is not None else None
+    out = [Stage(name="main", epochs=fit.epochs, trainer=trainer,
+                 callbacks=_time_limit(names.build_callbacks(fit.callbacks), time_limit))]
+    for i, spec in enumerate(recipe.stages, start=1):
+        until = None
+        if spec.until is not None:
+            target = spec.until["target"]
+            until = (spec.until["monitor"], UNTIL_TARGETS.get(target, target))
+        out.append(Stage(
+            name=spec.name, epochs=spec.epochs,
+            compile=None if spec.optimizer is None else compile_arguments(recipe, spec.optimizer),
+            callbacks=_time_limit(names.build_callbacks(spec.callbacks), time_limit),
+            until=until, merge_validation=spec.merge_validation))
+    return out
