@@ -186,8 +186,9 @@ def history_file(directory, index, stage):
 
 
 def read_history(path):
-    """Epoch rows of a CSVLogger file, the last row of each epoch kept (a
-    resumed epoch can be logged twice); the file is rewritten de-duplicated."""
+    """Epoch rows of a CSVLogger file as dicts of numbers, the last row of
+    each epoch kept (a resumed epoch can be logged twice); the file is
+    rewritten de-duplicated."""
     path = Path(path)
     if not path.exists():
         return []
@@ -203,7 +204,16 @@ def read_history(path):
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
-    return rows
+    return [{key: _number(key, value) for key, value in row.items()} for row in rows]
+
+
+def _number(key, text):
+    if key == "epoch":
+        return int(text)
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text
 
 
 def _mode(callback):
@@ -388,7 +398,10 @@ def fit_stages(model, stages, train, validation_data=None, *, batch_size=32, see
         if stage.merge_validation and validation_data is None:
             raise ValueError(f"Stage {stage.name!r}: merge_validation needs validation_data")
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir)
-    history_dir = history_dir if history_dir is not None else ckpt
+    history_dir = Path(history_dir) if history_dir is not None else ckpt
+    for folder in (ckpt, history_dir):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
     log = log or (lambda message: None)
     results = []
     for index, stage in enumerate(stages):

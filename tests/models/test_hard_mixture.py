@@ -1,4 +1,4 @@
-"""Tests for deepkit.models.HardParallelMixture and balanced_assignment."""
+"""Tests for deepkit.models.HardParallelMixture (architecture, inference, plain fit)."""
 
 import os
 
@@ -6,9 +6,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from deepkit.models import HardParallelMixture, balanced_assignment
-from deepkit.models.hard_mixture import _ExpertPhase
-from deepkit.testing import TestCase, weight_gradients
+from deepkit.models import HardParallelMixture
+from deepkit.testing import TestCase
+from deepkit.training import Alternation
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(64, 2, 3)).astype("float32")
@@ -29,7 +29,7 @@ def compiled(**kwargs):
 
 
 def numpy_expert_logits(model, m, x):
-    w1, b1, w2, b2 = (ops.convert_to_numpy(v) for v in model._expert_variables())
+    w1, b1, w2, b2 = (ops.convert_to_numpy(v) for v in model.expert_variables)
     h = np.maximum(x.reshape(len(x), -1) @ w1[m] + b1[m], 0.0)
     return h @ w2[m] + b2[m]
 
@@ -40,37 +40,9 @@ def softmax(z):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class BalancedAssignmentTest(TestCase):
-    def test_hand_worked_example(self):
-        # Everyone prefers expert 0; capacity 2 sends the third and fourth
-        # examples (in assignment order) to their second choices.
-        weights = np.array([[0.9, 0.1, 0.0],
-                            [0.6, 0.3, 0.1],
-                            [0.7, 0.1, 0.2],
-                            [0.8, 0.15, 0.05]])
-        got = balanced_assignment(weights, capacity=2, order=[0, 1, 2, 3])
-        self.assertAllEqual(got, [0, 0, 2, 1])
-        # Another order: example 3 and 2 come first and keep expert 0.
-        got = balanced_assignment(weights, capacity=2, order=[3, 2, 1, 0])
-        self.assertAllEqual(got, [1, 1, 0, 0])
-
-    def test_capacity_is_never_exceeded(self):
-        weights = RNG.random((101, 5))
-        weights[:, 2] += 10.0  # a popular expert
-        got = balanced_assignment(weights, capacity=21, order=RNG.permutation(101))
-        counts = np.bincount(got, minlength=5)
-        self.assertLessEqual(counts.max(), 21)
-        self.assertEqual(counts.sum(), 101)
-        self.assertEqual(counts[2], 21)
-
-    def test_too_small_a_capacity_is_an_error(self):
-        with self.assertRaisesRegex(ValueError, "capacity 2 x 3 experts holds fewer than the 7"):
-            balanced_assignment(np.ones((7, 3)), capacity=2, order=range(7))
-
-
 class HardParallelMixtureTest(TestCase):
     def test_config_round_trip_and_registration(self):
-        model = small(combine="soft", capacity_slack=0.2, gater_learning_rate=0.05)
+        model = small(combine="soft", eval_capacity_factor=2.0)
         self.assertConfigRoundTrip(model)
 
     def test_hard_output_is_the_argmax_experts_softmax(self):
@@ -90,145 +62,53 @@ class HardParallelMixtureTest(TestCase):
         experts = np.stack([softmax(numpy_expert_logits(model, m, X)) for m in range(4)], axis=1)
         self.assertAllClose(probs, (weights[:, :, None] * experts).sum(axis=1), atol=1e-5)
 
-    def test_expert_phase_trains_each_expert_on_its_own_group_only(self):
-        model = small()
-        model(X)
-        grouped = X.reshape(4, 16, -1)[None]  # expert m gets the m-th 16 examples
-        labels = Y.reshape(4, 16)[None]
-        phase = _ExpertPhase(model)
-        scale = 4.0
-
-        def loss_fn(out):
-            return scale * ops.mean(keras.losses.sparse_categorical_crossentropy(labels, out))
-
-        for layer in model.gater:  # as in fit's expert phase
-            layer.trainable = False
-        grads = weight_gradients(phase, grouped, loss_fn)
-        names = [v.path for v in phase.trainable_variables]
-        self.assertLen(names, 4)
-        kernel_grad = grads[names.index(model.expert_kernel_2.path)]
-        for m in range(4):
-            # Each expert's gradient is that of its own mean loss on its group.
-            x = X.reshape(4, 16, -1)[m]
-            h = np.maximum(x @ ops.convert_to_numpy(model.expert_kernel_1)[m]
-                           + ops.convert_to_numpy(model.expert_bias_1)[m], 0.0)
-            p = softmax(numpy_expert_logits(model, m, x))
-            p[np.arange(16), labels[0, m]] -= 1.0
-            self.assertAllClose(kernel_grad[m], h.T @ p / 16, atol=1e-5)
-
-    def test_gater_phase_leaves_the_experts_and_expert_phase_the_gater(self):
-        model = compiled(expert_epochs=1, gater_epochs=1)
-        model(X)
-        experts_before = [ops.convert_to_numpy(v) for v in model._expert_variables()]
-        gater_before = [ops.convert_to_numpy(v) for layer in model.gater for v in layer.weights]
-        model._train_gater(X, Y, 8, np.random.default_rng(0))
-        for before, v in zip(experts_before, model._expert_variables()):
-            self.assertAllEqual(ops.convert_to_numpy(v), before)
-        gater_mid = [ops.convert_to_numpy(v) for layer in model.gater for v in layer.weights]
-        self.assertTrue(any(np.abs(a - b).max() > 0 for a, b in zip(gater_mid, gater_before)))
-        assignment = model.assignment(X.reshape(64, -1), 0)
-        model._train_experts(X, Y, assignment, 4, np.random.default_rng(1))
-        for before, v in zip(gater_mid, [v for layer in model.gater for v in layer.weights]):
-            self.assertAllEqual(ops.convert_to_numpy(v), before)
-        self.assertTrue(any(
-            np.abs(ops.convert_to_numpy(v) - b).max() > 0
-            for v, b in zip(model._expert_variables(), experts_before)
-        ))
-        # Freezing was temporary.
-        self.assertTrue(all(v.trainable for v in model.trainable_variables))
-        self.assertLen(model.trainable_variables, 4 + 2 * len(model.gater))
-
-    def test_an_expert_without_examples_sits_out_the_round(self):
-        model = compiled()
-        model(X)
-        before = [ops.convert_to_numpy(v) for v in model._expert_variables()]
-        assignment = np.arange(64) % 3  # expert 3 gets nothing
-        model._train_experts(X, Y, assignment, 4, np.random.default_rng(0))
-        after = [ops.convert_to_numpy(v) for v in model._expert_variables()]
-        for b, a in zip(before, after):
-            self.assertAllEqual(a[3], b[3])
-            self.assertGreater(np.abs(a[:3] - b[:3]).max(), 0)
-
-    def test_round_zero_is_an_even_random_split_and_later_rounds_respect_capacity(self):
-        model = small(capacity_slack=0.25)
-        model(X)
-        first = model.assignment(X, 0)
-        self.assertAllEqual(np.bincount(first, minlength=4), [16, 16, 16, 16])
-        self.assertAllEqual(first, model.assignment(X, 0))  # from (seed, round)
-        later = model.assignment(X, 1)
-        self.assertEqual(model.capacity(64), 20)
-        self.assertLessEqual(np.bincount(later, minlength=4).max(), 20)
-        weights = ops.convert_to_numpy(model.gater_weights(X))
-        order = np.random.default_rng([1, 1]).permutation(64)
-        self.assertAllEqual(later, balanced_assignment(weights, 20, order))
-
-    def test_fit_runs_rounds_and_logs(self):
-        model = compiled(expert_epochs=2)
-        history = model.fit(X, Y, batch_size=4, epochs=3, validation_data=(X, Y), verbose=0)
-        logs = history.history
-        for key in ("loss", "accuracy", "expert_loss", "reassigned", "largest_subset",
-                    "val_loss", "val_accuracy"):
-            self.assertLen(logs[key], 3)
-        self.assertEqual(logs["reassigned"][0], 1.0)
-        self.assertLessEqual(max(logs["largest_subset"][1:]), model.capacity(64) * 4 / 64)
-        self.assertLess(logs["loss"][-1], logs["loss"][0])
-
-    def test_early_stopping_ends_the_rounds(self):
-        model = compiled()
-        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=0, min_delta=10.0)
-        history = model.fit(X, Y, batch_size=4, epochs=5, validation_data=(X, Y),
-                            callbacks=[stop], verbose=0)
-        self.assertLen(history.history["loss"], 2)
-
-    def test_resuming_at_a_round_continues_exactly(self):
-        whole = compiled()
-        logs = whole.fit(X, Y, batch_size=4, epochs=3, verbose=0).history
-        first = compiled()
-        first.fit(X, Y, batch_size=4, epochs=2, verbose=0)
-        path = os.path.join(self.get_temp_dir(), "round2.weights.h5")
-        first.save_weights(path)
-        resumed = compiled()
-        resumed(X)
-        resumed.load_weights(path)  # weights and the last assignment
-        self.assertAllEqual(resumed.last_assignment, first.last_assignment)
-        resumed_logs = resumed.fit(X, Y, batch_size=4, epochs=3, initial_epoch=2, verbose=0).history
-        for a, b in zip(resumed.get_weights(), whole.get_weights()):
-            self.assertAllClose(a, b, atol=1e-5)
-        self.assertAllClose(resumed_logs["reassigned"][0], logs["reassigned"][2])
-        self.assertAllClose(resumed_logs["loss"][0], logs["loss"][2], atol=1e-5)
-
-    def test_fit_accepts_a_dataset_holding_arrays(self):
-        class Holder:
-            arrays = (X, Y)
-            batch_size = 4
-
-        model = compiled()
-        history = model.fit(Holder(), epochs=1, verbose=0)
-        self.assertLen(history.history["loss"], 1)
-
     def test_save_and_load(self):
         model = compiled()
-        model.fit(X, Y, batch_size=4, epochs=1, verbose=0)
+        Alternation(seed=1).fit(model, X, Y, batch_size=4, epochs=1, verbose=0)
         path = os.path.join(self.get_temp_dir(), "hard_mixture.keras")
         model.save(path)
         loaded = keras.saving.load_model(path, safe_mode=True)
         self.assertIsInstance(loaded, HardParallelMixture)
         self.assertAllClose(loaded.predict(X, verbose=0), model.predict(X, verbose=0), atol=1e-6)
 
+
+    def test_a_saved_assignment_comes_back_with_the_weights(self):
+        model = compiled()
+        Alternation(seed=1).fit(model, X, Y, batch_size=4, epochs=1, verbose=0)
+        path = os.path.join(self.get_temp_dir(), "mixture.weights.h5")
+        model.save_weights(path)
+        again = small()
+        again(X)
+        self.assertIsNone(again.last_assignment)
+        again.load_weights(path)
+        self.assertAllEqual(again.last_assignment, model.last_assignment)
+
+    def test_an_old_config_with_training_settings_still_loads(self):
+        config = small().get_config()
+        config.update(capacity_slack=0.2, expert_epochs=2, gater_epochs=1,
+                      gater_learning_rate=None)
+        model = HardParallelMixture.from_config(config)
+        self.assertEqual(model.num_experts, 4)
+        self.assertFalse(hasattr(model, "expert_epochs"))
+
+    def test_plain_fit_takes_the_usual_arguments(self):
+        # No fit of its own: Keras' fit trains the mixture end to end on the
+        # compiled loss, steps_per_epoch and all; the soft mixture trains the
+        # gater and the experts both.
+        model = compiled(combine="soft")
+        model(X)
+        before = [ops.convert_to_numpy(v) for v in model.trainable_variables]
+        history = model.fit(X, Y, batch_size=8, epochs=3, steps_per_epoch=4, verbose=0,
+                            validation_data=(X, Y), validation_steps=2)
+        self.assertLen(history.history["loss"], 3)
+        self.assertIn("val_accuracy", history.history)
+        self.assertLess(history.history["loss"][-1], history.history["loss"][0])
+        after = [ops.convert_to_numpy(v) for v in model.trainable_variables]
+        self.assertTrue(all(np.abs(a - b).max() > 0 for a, b in zip(after, before)))
+        self.assertNotIn("fit", HardParallelMixture.__dict__)
+
     def test_bad_arguments(self):
         with self.assertRaisesRegex(ValueError, "combine must be one of"):
             small(combine="top_k")
-        with self.assertRaisesRegex(ValueError, "expert_epochs must be at least 1"):
-            small(expert_epochs=0)
-        model = small()
-        with self.assertRaisesRegex(ValueError, "compile the HardParallelMixture"):
-            model.fit(X, Y, epochs=1, verbose=0)
-        model = compiled()
-        with self.assertRaisesRegex(ValueError, "does not take \\['steps_per_epoch'\\]"):
-            model.fit(X, Y, epochs=1, steps_per_epoch=3)
-        with self.assertRaisesRegex(ValueError, "3 training examples cannot be split among 4"):
-            model.fit(X[:3], Y[:3], epochs=1, verbose=0)
-        with self.assertRaisesRegex(ValueError, "needs the whole training set as arrays"):
-            model.fit(X, epochs=1, verbose=0)
-        with self.assertRaisesRegex(ValueError, "does not take sample weights; got 3 arrays"):
-            model.fit((X, Y, np.ones(64)), epochs=1, verbose=0)
+        with self.assertRaisesRegex(ValueError, "num_experts must be at least 1"):
+            small(num_experts=0)
