@@ -3,7 +3,7 @@
 Times epochs (4 per variant; the first includes compilation) of the
 maxout_mnist_pi model on real MNIST (50,000 training images, batch 100; the
 10,000 validation images at batch 100) with the JAX backend: numpy arrays to
-`fit`, the runner's `EpochShuffledArrays` PyDataset, each of the runner's
+`fit`, `deepkit.datasets.epoch_arrays.EpochShuffledArrays`, each of the runner's
 callbacks alone (StopOnNaN reads the loss every batch; RichProgressBar;
 ExactBackupAndRestore writes a checkpoint every epoch), and
 `steps_per_execution=10`. Needs DEEPKIT_DATA.
@@ -20,7 +20,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras  # noqa: E402
 
 from deepkit.callbacks import ExactBackupAndRestore, RichProgressBar, StopOnNaN  # noqa: E402
-from deepkit.recipe import load, names, runner  # noqa: E402
+from deepkit.datasets.epoch_arrays import EpochShuffledArrays  # noqa: E402
+from deepkit.recipe import build, load, names  # noqa: E402
 
 RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes",
                       "maxout_mnist_pi.yaml")
@@ -28,12 +29,12 @@ RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes
 
 def main():
     recipe = load(RECIPE)
-    splits = runner.load_splits(recipe)
+    splits = build.load_splits(recipe)
     train, valid = splits["train"], splits["valid"]
 
     def timed(label, steps_per_execution, pydataset, callbacks, validate=True, epochs=4):
         keras.utils.set_random_seed(1)
-        model = runner.build_model(recipe, train)
+        model = build.build_model(recipe, train)
         model.compile(**names.build_compile_args(recipe),
                       steps_per_execution=steps_per_execution)
         times = []
@@ -48,7 +49,7 @@ def main():
         kwargs = dict(validation_data=valid, validation_batch_size=100) if validate else {}
         callbacks = [*callbacks, Clock()]
         if pydataset:
-            data = runner.EpochShuffledArrays(train, 100, 1)
+            data = EpochShuffledArrays(train, 100, 1)
             model.fit(data, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks, **kwargs)
         else:
             model.fit(train[0], train[1], batch_size=100, epochs=epochs, verbose=0,

@@ -27,7 +27,7 @@ from rich.markup import escape
 
 from deepkit.recipe.errors import (RecipeError, RunDiverged, RunFailed, RunInterrupted,
                                    closest)
-from deepkit.recipe.load import recipes_dir
+from deepkit.recipe.loading import recipes_dir
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -126,15 +126,16 @@ def _quiet_import_keras():
         os.close(devnull)
 
 
-def _load(args):
+def _load(args, construct=True):
     """The recipe of `args`, structure checked (no Keras), then Keras
-    imported with the right backend, then every name checked."""
-    from deepkit.recipe.load import check, load
+    imported with the right backend, then every name checked (and, with
+    `construct`, every object built once to run its own argument checks)."""
+    from deepkit.recipe.loading import check, load
 
     recipe = load(find_recipe(args.recipe), overrides=args.set, smoke=args.smoke,
                   check_names=False)
     _set_backend(args, recipe)
-    check(recipe)
+    check(recipe, construct=construct)
     return recipe
 
 
@@ -159,7 +160,14 @@ def _resume_command(args, run_dir):
 def cmd_run(args):
     if args.run_dir:
         _check_run_dir(args.run_dir)
-    recipe = _load(args)
+    # The runner builds every object once, before it writes anything; only
+    # when a source recipe must train first are they built here too, so a
+    # bad argument is refused before the source's minutes of training.
+    recipe = _load(args, construct=False)
+    if recipe.init_source is not None:
+        from deepkit.recipe.loading import check
+
+        check(recipe, construct=True)
     from deepkit.recipe.rundir import default_run_dir
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)

@@ -24,6 +24,15 @@ from pathlib import Path
 DATA_ENV = "DEEPKIT_DATA"
 SPLITS = ("train", "valid", "test")
 
+
+def __getattr__(name):
+    # EpochShuffledArrays needs Keras; this package does not import it unasked.
+    if name == "EpochShuffledArrays":
+        from deepkit.datasets.epoch_arrays import EpochShuffledArrays
+
+        return EpochShuffledArrays
+    raise AttributeError(f"module 'deepkit.datasets' has no attribute {name!r}")
+
 # name -> _Entry
 _DATASETS = {}
 # Modules that register loaders; imported on first lookup.

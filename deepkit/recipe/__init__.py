@@ -6,7 +6,7 @@ run directory and reports the result beside the paper's number.
 """
 
 from deepkit.recipe.errors import RecipeError
-from deepkit.recipe.load import dump, load, read
+from deepkit.recipe.loading import dump, load, read
 
 
 def run(recipe, run_dir=None, console=None, command=None, time_limit=None):

@@ -5,7 +5,9 @@ own objects (numpy arrays, a Keras model, `deepkit.training.Stage`), so the
 runner only orchestrates them.
 """
 
+import dataclasses
 from pathlib import Path
+from typing import Any, Optional
 
 import keras
 import numpy as np
@@ -42,20 +44,47 @@ def load_splits(recipe):
     return out
 
 
-def build_model(recipe, train):
-    """The recipe's model, built on the shape of the training inputs."""
+@dataclasses.dataclass
+class Objects:
+    """Every object a recipe names, each built once: the layers of a
+    `sequential:` model (or the model object), `compile` arguments, stages."""
+
+    layers: Optional[list]
+    model: Any
+    compile: dict
+    stages: list
+
+
+def objects(recipe, time_limit=None):
+    """Build every object of `recipe` once (see `Objects`).
+
+    Call it right after the run's seed is set: layers draw their default
+    seeds when they are built, in the order of the recipe.
+    """
+    try:
+        if recipe.model.sequential is not None:
+            layers, model = names.build_layers(recipe), None
+        else:
+            layers, model = None, names.build_model_object(recipe)
+        arguments = compile_arguments(recipe)
+        return Objects(layers, model, arguments, stages(recipe, time_limit, arguments))
+    except RecipeError as e:  # a constructor's own argument check
+        raise e.at(file=recipe.file) from None
+
+
+def build_model(recipe, train, built=None):
+    """The recipe's model on the shape of the training inputs, from the
+    objects of `objects(recipe)` (built here when not given)."""
+    built = built or objects(recipe)
     x = train[0]
-    if recipe.model.sequential is not None:
-        layers = names.build_layers(recipe)
+    if built.layers is not None:
         # Stateful layers need a static batch size.
-        stateful = any(getattr(layer, "stateful", False) for layer in layers)
+        stateful = any(getattr(layer, "stateful", False) for layer in built.layers)
         batch = recipe.data.batch_size if stateful else None
         inputs = keras.Input(shape=x.shape[1:], dtype=str(x.dtype), batch_size=batch)
-        model = keras.Sequential([inputs] + layers, name=recipe.name)
-    else:
-        model = names.build_model_object(recipe)
-        model(x[: recipe.data.batch_size])
-    return model
+        return keras.Sequential([inputs] + built.layers, name=recipe.name)
+    built.model(x[: recipe.data.batch_size])
+    return built.model
 
 
 def compile_arguments(recipe, optimizer_spec=None):
@@ -108,14 +137,17 @@ def _time_limit(callbacks, minutes):
     return callbacks + ([TimeLimit(minutes)] if minutes is not None else [])
 
 
-def stages(recipe, time_limit=None):
+def stages(recipe, time_limit=None, compile=None):
     """The recipe's `fit:` and `stages:` as `deepkit.training.Stage` objects.
 
     The first stage trains with the model's compiled state; a later stage
-    with an `optimizer:` is compiled anew with it. `time_limit` (minutes)
-    adds a `TimeLimit` to every stage.
+    with an `optimizer:` is compiled anew with it and the loss and metrics
+    of `compile` (the recipe's compile arguments, built here if not given).
+    `time_limit` (minutes) adds a `TimeLimit` to every stage.
     """
     fit = recipe.fit
+    if compile is None and any(spec.optimizer is not None for spec in recipe.stages):
+        compile = compile_arguments(recipe)
     trainer = names.build("trainer", fit.trainer) if fit.trainer is not None else None
     out = [Stage(name="main", epochs=fit.epochs, trainer=trainer,
                  callbacks=_time_limit(names.build_callbacks(fit.callbacks), time_limit))]
@@ -126,7 +158,8 @@ def stages(recipe, time_limit=None):
             until = (spec.until["monitor"], UNTIL_TARGETS.get(target, target))
         out.append(Stage(
             name=spec.name, epochs=spec.epochs,
-            compile=None if spec.optimizer is None else compile_arguments(recipe, spec.optimizer),
+            compile=None if spec.optimizer is None else {
+                **compile, "optimizer": names.build("optimizer", spec.optimizer)},
             callbacks=_time_limit(names.build_callbacks(spec.callbacks), time_limit),
             until=until, merge_validation=spec.merge_validation))
     return out

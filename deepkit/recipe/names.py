@@ -5,9 +5,10 @@ A name is looked up in deepkit's registry (classes registered with
 kind: layers, optimizers, losses, metrics, callbacks, learning-rate
 schedules, initializers, constraints and regularizers. Configuration keys are
 checked against the constructor's signature, simple types against its
-defaults, and each object is built once during validation, so that its own
-argument checks run before any training; every failure is a `RecipeError`
-with the key path.
+defaults, and (unless the caller builds the objects itself right after, as
+the runner does) each object is built once during validation, so that its
+own argument checks run before any training; every failure is a
+`RecipeError` with the key path.
 """
 
 import inspect
@@ -197,25 +198,48 @@ def check_config(cls, spec):
             raise RecipeError(f"{spec.name} needs the argument {key!r}", f"{spec.path}.{key}")
 
 
-def _nested(value, path):
-    """Replace nested {Name: config} mappings of known kinds by built objects."""
+def _nested_spec(value, path):
+    """`(kind, ObjectSpec)` when `value` is a nested ``{Name: config}`` of a
+    known kind; None when it is plain data; RecipeError for an unknown Name."""
+    if not (isinstance(value, dict) and len(value) == 1):
+        return None
+    (name, config), = value.items()
+    if not (isinstance(name, str) and (config is None or isinstance(config, dict))):
+        return None
+    for kind in _NESTED_KINDS:
+        if lookup(kind, name) is not None:
+            return kind, ObjectSpec(name, config or {}, f"{path}.{name}")
+    if name[:1].isupper():
+        known = [n for kind in _NESTED_KINDS for n in _module_names(kind)]
+        raise RecipeError(
+            f"unknown name {name!r}{closest(name, known)}; expected an "
+            "initializer, constraint, regularizer, learning-rate schedule or "
+            "layer registered by deepkit or Keras", f"{path}.{name}")
+    return None
+
+
+def _nested(value, path, construct=True):
+    """Nested {Name: config} mappings of known kinds, built (construct=True)
+    or only checked (construct=False, which returns None)."""
+    found = _nested_spec(value, path)
+    if found is not None:
+        return build(*found) if construct else check_spec(*found)
     if isinstance(value, dict):
-        if len(value) == 1:
-            (name, config), = value.items()
-            if isinstance(name, str) and (config is None or isinstance(config, dict)):
-                for kind in _NESTED_KINDS:
-                    if lookup(kind, name) is not None:
-                        return build(kind, ObjectSpec(name, config or {}, f"{path}.{name}"))
-                if name[:1].isupper():
-                    known = [n for kind in _NESTED_KINDS for n in _module_names(kind)]
-                    raise RecipeError(
-                        f"unknown name {name!r}{closest(name, known)}; expected an "
-                        "initializer, constraint, regularizer, learning-rate schedule or "
-                        "layer registered by deepkit or Keras", f"{path}.{name}")
-        return {k: _nested(v, f"{path}.{k}") for k, v in value.items()}
+        return {k: _nested(v, f"{path}.{k}", construct) for k, v in value.items()}
     if isinstance(value, list):
-        return [_nested(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_nested(v, f"{path}[{i}]", construct) for i, v in enumerate(value)]
     return value
+
+
+def check_spec(kind, spec):
+    """Check the object that `spec` names, as `build` would, without building it."""
+    if kind in ("loss", "metric") and not spec.config and lookup(kind, spec.name) is None:
+        _string_object(kind, spec)
+        return None
+    check_config(resolve(kind, spec), spec)
+    for key, value in spec.config.items():
+        _nested(value, f"{spec.path}.{key}", construct=False)
+    return None
 
 
 def build(kind, spec, **extra):
@@ -289,8 +313,13 @@ def build_callbacks(specs):
     return [build("callback", spec) for spec in specs]
 
 
-def validate(recipe):
-    """Check every name, configuration and data file of `recipe`."""
+def validate(recipe, construct=True):
+    """Check every name, configuration and data file of `recipe`.
+
+    With ``construct=True`` each object is also built once, so that its own
+    argument checks run; the recipe runner, which builds every object of a
+    run exactly once itself, validates with ``construct=False``.
+    """
     export.load_all()
     data = recipe.data
     try:
@@ -313,15 +342,28 @@ def validate(recipe):
     except datasets.DataError as e:
         raise RecipeError(str(e), "data.dataset") from None
 
+    make = build if construct else check_spec
     if recipe.model.sequential is not None:
-        build_layers(recipe)
+        for spec in recipe.model.sequential:
+            make("layer", spec)
     else:
-        build_model_object(recipe)
-    build_compile_args(recipe)
-    build_callbacks(recipe.fit.callbacks)
+        if recipe.model.model.name == "Sequential":
+            build_model_object(recipe)  # the error that names the sequential: form
+        make("model", recipe.model.model)
+    comp = recipe.compile
+    make("optimizer", comp.optimizer)
+    for spec in (comp.loss.values() if isinstance(comp.loss, dict) else [comp.loss]):
+        make("loss", spec)
+    for spec in comp.metrics:
+        make("metric", spec)
+    for i, m in enumerate(comp.options.get("weighted_metrics", [])):
+        make("metric", object_spec(m, f"compile.weighted_metrics[{i}]", None))
+    for spec in recipe.fit.callbacks:
+        make("callback", spec)
     if recipe.fit.trainer is not None:
-        build("trainer", recipe.fit.trainer)
+        make("trainer", recipe.fit.trainer)
     for stage in recipe.stages:
         if stage.optimizer is not None:
-            build("optimizer", stage.optimizer)
-        build_callbacks(stage.callbacks)
+            make("optimizer", stage.optimizer)
+        for spec in stage.callbacks:
+            make("callback", spec)

@@ -29,7 +29,7 @@ def holds_run(run_dir, recipe):
     import yaml
 
     from deepkit.recipe.errors import RecipeError
-    from deepkit.recipe.load import dump
+    from deepkit.recipe.loading import dump
 
     path = Path(run_dir) / "recipe.yaml"
     if not path.exists():
@@ -43,7 +43,7 @@ def holds_run(run_dir, recipe):
 
 def create(run_dir, recipe):
     """Make `run_dir` and write the resolved `recipe.yaml` into it."""
-    from deepkit.recipe.load import dump
+    from deepkit.recipe.loading import dump
 
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write(Path(run_dir) / "recipe.yaml", dump(recipe))

@@ -86,7 +86,7 @@ class Runner:
         recipe, spec = self.recipe, self.recipe.init_from
         if spec is not None and "recipe" in spec and recipe.init_source is None:
             raise RecipeError("init_from.recipe names a source recipe that was not loaded: "
-                              "load the recipe with deepkit.recipe.load.load, which loads "
+                              "load the recipe with deepkit.recipe.load, which loads "
                               "and validates its source", "init_from.recipe", recipe.file)
         if recipe.init_source is not None and not resumed:
             # The source recipe runs to the end first, so this run then starts
@@ -95,9 +95,11 @@ class Runner:
         keras.utils.set_random_seed(recipe.seed)
         if recipe.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
-        # The data before anything is written: a data error leaves no run directory.
+        # Every object once, then the data, before anything is written: a bad
+        # argument or a data error leaves no run directory.
+        built = build.objects(recipe, self.time_limit)
         splits = build.load_splits(recipe)
-        model = build.build_model(recipe, splits["train"])
+        model = build.build_model(recipe, splits["train"], built)
         # Also before anything is written, so a bad init_from leaves no run
         # directory; a resumed run gets its weights from the checkpoint instead.
         if spec is not None and not resumed:
@@ -107,8 +109,8 @@ class Runner:
             rundir.create(self.run_dir, recipe)
         else:
             self.console.print(f"resuming the run in {self.run_dir}")
-        model.compile(**build.compile_arguments(recipe))
-        return splits, model
+        model.compile(**built.compile)
+        return splits, model, built.stages
 
     def _fit_arguments(self, model, splits):
         kwargs = dict(self.recipe.fit.options)
@@ -119,12 +121,12 @@ class Runner:
                 kwargs["validation_batch_size"] = self.recipe.data.batch_size
         return kwargs
 
-    def _train(self, model, splits, env):
+    def _train(self, model, stages, splits, env):
         recipe, ckpt = self.recipe, self.run_dir / "checkpoints"
         progress = RichProgressBar(batch_size=recipe.data.batch_size, console=self.console)
         try:
             results = fit_stages(
-                model, build.stages(recipe, self.time_limit), splits["train"],
+                model, stages, splits["train"],
                 validation_data=splits["valid"], batch_size=recipe.data.batch_size,
                 seed=recipe.seed, shuffle=recipe.fit.shuffle,
                 # StopOnInterrupt first: on Ctrl-C it raises before any later
@@ -174,9 +176,9 @@ class Runner:
         finished = self._finished(resumed)
         if finished is not None:
             return finished
-        splits, model = self._prepare_model(resumed)
+        splits, model, stages = self._prepare_model(resumed)
         env = rundir.write_environment(self.run_dir, recipe, self.command, resumed)
-        stages = self._train(model, splits, env)
+        stages = self._train(model, stages, splits, env)
         metrics = self._evaluate(model, splits)
         tmp = self.run_dir / "model.tmp.keras"
         model.save(str(tmp))

@@ -95,11 +95,11 @@ class Recipe:
     description: str = ""
     init_from: Optional[dict] = None
     # The loaded, validated source recipe of `init_from.recipe` (a Recipe),
-    # filled in by `deepkit.recipe.load.load`; None otherwise.
+    # filled in by `deepkit.recipe.load`; None otherwise.
     init_source: Any = dataclasses.field(default=None, compare=False, repr=False)
     file: Optional[str] = None
     raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
-    # Filled in by `deepkit.recipe.load.load`: whether the smoke block was
+    # Filled in by `deepkit.recipe.load`: whether the smoke block was
     # applied, and the data section of the file before any override (what
     # the reference's numbers were measured on).
     smoke_run: bool = dataclasses.field(default=False, compare=False)

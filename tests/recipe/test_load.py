@@ -9,7 +9,7 @@ import yaml
 
 from deepkit import cli
 from deepkit.recipe import RecipeError, dump, load, read
-from deepkit.recipe.load import parse_override, resolve, set_path, split_path
+from deepkit.recipe.loading import parse_override, resolve, set_path, split_path
 from deepkit.recipe.schema import ObjectSpec, Recipe
 
 REPO = Path(__file__).resolve().parents[2]

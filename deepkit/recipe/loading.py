@@ -206,20 +206,23 @@ def load(path, overrides=(), smoke=False, check_names=True, _chain=()):
     return recipe
 
 
-def check(recipe):
+def check(recipe, construct=True):
     """Check every name, configuration and data file of a parsed recipe (and
     of its `init_from` source); this imports Keras. `load` calls it unless
     `check_names=False`, which checks the structure alone, without Keras.
+
+    With ``construct=False`` the objects are checked against their
+    constructors' signatures but not built (the runner builds each once).
     """
     from deepkit.recipe import names
 
     try:
-        names.validate(recipe)
+        names.validate(recipe, construct=construct)
     except RecipeError as e:
         raise e.at(file=recipe.file) from None
     if recipe.init_source is not None:
         try:
-            check(recipe.init_source)
+            check(recipe.init_source, construct=construct)
         except RecipeError as e:
             raise RecipeError(f"the source recipe {recipe.init_source.file} is not valid: {e}",
                               "init_from.recipe", recipe.file) from None
