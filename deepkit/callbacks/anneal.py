@@ -122,14 +122,19 @@ class AnnealOnPlateau(FromConfig, keras.callbacks.Callback):
         self.best_weights = None if arrays is None else [np.asarray(a) for a in arrays]
 
     # -- the rule -------------------------------------------------------------
+    def _rate_variable(self):
+        # For a plain learning rate, `optimizer.learning_rate` is the variable
+        # the optimizer holds it in; for a schedule (or a callable) it is a
+        # tensor computed from the step, which cannot be divided.
+        rate = self.model.optimizer.learning_rate
+        if not isinstance(rate, keras.Variable):
+            raise ValueError("AnnealOnPlateau: the optimizer's learning rate is a schedule "
+                             "(or a callable); it needs a plain learning rate that it can "
+                             "divide")
+        return rate
+
     def _learning_rate(self):
-        optimizer = self.model.optimizer
-        # `learning_rate` gives a schedule's current value; `_learning_rate`
-        # is what the optimizer holds.
-        if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-            raise ValueError("AnnealOnPlateau: the optimizer's learning rate is a schedule; "
-                             "it needs a plain learning rate that it can divide")
-        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        return float(keras.ops.convert_to_numpy(self._rate_variable()))
 
     def on_train_begin(self, logs=None):
         self._reset()
@@ -185,7 +190,7 @@ class AnnealOnPlateau(FromConfig, keras.callbacks.Callback):
 
     def _zero_slots(self):
         optimizer = self.model.optimizer
-        keep = (optimizer.iterations, getattr(optimizer, "_learning_rate", None))
+        keep = (optimizer.iterations, self._rate_variable())
         for variable in optimizer.variables:
             if not any(variable is k for k in keep):
                 variable.assign(keras.ops.zeros(variable.shape, variable.dtype))

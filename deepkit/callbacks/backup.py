@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from deepkit import _keras_internals
 from deepkit.callbacks._config import FromConfig
 from deepkit.export import export
 
@@ -86,9 +87,10 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
 
     - sets every `SeedGenerator` state of the model at the start of each
       epoch to a value derived from `(seed, epoch)`, and tells the training
-      data its epoch (`data.set_epoch(epoch)`, as `deepkit.recipe`'s
-      `EpochShuffledArrays` has), so epoch `e` draws the same numbers whether
-      or not the run was interrupted before it;
+      data its epoch (`data.set_epoch(epoch)`, as
+      `deepkit.datasets.epoch_arrays.EpochShuffledArrays` has), so epoch `e`
+      draws the same numbers whether or not the run was interrupted before
+      it;
     - writes each checkpoint atomically (a new weights file, then the
       metadata that names it, each through `os.replace`), so a kill during a
       write leaves the previous checkpoint intact;
@@ -100,6 +102,9 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
       whether the epoch stopped training, so early stopping and plateau
       rules resume where they were. Put it *after* those callbacks in the
       `fit` list, so that it saves each epoch once they have acted on it.
+
+    `last_checkpoint()` returns the metadata of the checkpoint in
+    `backup_dir` (the epoch it ends, its weights file, ...), or None.
 
     Args:
         backup_dir: folder of the checkpoint.
@@ -127,6 +132,11 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
         self.data = data
         self.callbacks = [c for c in callbacks if keeps_state(c)]
         self.restored_epoch = 0
+        # This callback's own checkpoint bookkeeping: the metadata file (the
+        # name Keras' BackupAndRestore uses too) and the number of finished
+        # epochs, which the checkpoint being written records.
+        self._metadata_path = Path(backup_dir) / "training_metadata.json"
+        self._epochs_done = 0
 
     def get_config(self):
         return {"backup_dir": self.backup_dir, "seed": self.seed,
@@ -136,35 +146,45 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
     def on_epoch_begin(self, epoch, logs=None):
         if self.data is not None and hasattr(self.data, "set_epoch"):
             self.data.set_epoch(epoch)
-        index = 0
-        for variable in self.model.variables:
-            if "seed_generator_state" in variable.path:
-                value = np.array([epoch_seed_state(self.seed, epoch, index), 0])
-                variable.assign(value.astype(variable.dtype))
-                index += 1
+        variables = _keras_internals.seed_state_variables(self.model)
+        for index, variable in enumerate(variables):
+            value = np.array([epoch_seed_state(self.seed, epoch, index), 0])
+            variable.assign(value.astype(variable.dtype))
 
     # -- saving -------------------------------------------------------------
     def on_epoch_end(self, epoch, logs=None):
+        # Keras' BackupAndRestore.on_epoch_end is not called: this callback
+        # saves each epoch itself (save_freq="epoch").
         if _finite(logs):
-            super().on_epoch_end(epoch, logs)
+            self._epochs_done = epoch + 1
+            self._write_checkpoint()
 
-    def _metadata(self):
-        path = Path(self._training_metadata_path)
-        if not path.exists():
+    def last_checkpoint(self):
+        """The metadata of the checkpoint in `backup_dir`, or None if there is none.
+
+        A dict with ``"epoch"`` (the number of finished epochs it holds),
+        ``"weights"`` (the weights file's name in `backup_dir`),
+        ``"stop_training"`` and, when callbacks are kept, ``"callbacks"`` and
+        ``"callback_arrays"``.
+        """
+        if not self._metadata_path.exists():
             return None
-        return json.loads(path.read_text())
+        return json.loads(self._metadata_path.read_text())
 
-    def _save_model(self):
+    # Former name of `last_checkpoint`, kept while callers move to it.
+    _metadata = last_checkpoint
+
+    def _write_checkpoint(self):
         folder = Path(self.backup_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{self._current_epoch:05d}.weights.h5"
+        name = f"epoch-{self._epochs_done:05d}.weights.h5"
         tmp = folder / f"tmp-{name}"
         self.model.save_weights(str(tmp), overwrite=True)
         os.replace(tmp, folder / name)
         # Whether this epoch ended the training is recorded with or without
         # kept callbacks: whatever set it (a callback, the model itself),
         # a resumed run must not train past it.
-        meta = {"epoch": self._current_epoch, "batch": 0, "weights": name,
+        meta = {"epoch": self._epochs_done, "batch": 0, "weights": name,
                 "stop_training": bool(self.model.stop_training)}
         keep = {name}
         if self.callbacks:
@@ -176,7 +196,7 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
                     arrays[f"c{i}_{j:04d}"] = np.asarray(array)
             meta["callbacks"] = states
             if arrays:
-                arrays_name = f"epoch-{self._current_epoch:05d}.callbacks.npz"
+                arrays_name = f"epoch-{self._epochs_done:05d}.callbacks.npz"
                 tmp = folder / f"tmp-{arrays_name}"
                 with open(tmp, "wb") as f:
                     np.savez(f, **arrays)
@@ -185,7 +205,7 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
                 keep.add(arrays_name)
         meta_tmp = folder / "training_metadata.json.tmp"
         meta_tmp.write_text(json.dumps(meta))
-        os.replace(meta_tmp, self._training_metadata_path)
+        os.replace(meta_tmp, self._metadata_path)
         for old in list(folder.glob("*.weights.h5")) + list(folder.glob("*.callbacks.npz")):
             if old.name not in keep:
                 old.unlink(missing_ok=True)
@@ -208,8 +228,8 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
                     arrays[i] = [stored[k] for k in keys] if keys else None
         return list(zip(self.callbacks, zip(states, arrays)))
 
-    def _load_model(self):
-        meta = self._metadata()
+    def _restore_checkpoint(self):
+        meta = self.last_checkpoint()
         if meta is None:
             return
         if not self.model.built:
@@ -217,8 +237,8 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(str(Path(self.backup_dir) / meta["weights"]))
-        self.model._initial_epoch = meta["epoch"]  # what BackupAndRestore sets too
-        self._current_epoch = meta["epoch"]
+        _keras_internals.set_initial_epoch(self.model, meta["epoch"])  # as BackupAndRestore
+        self._epochs_done = meta["epoch"]
         self.restored_epoch = meta["epoch"]
         # Applied after the kept callbacks' own on_train_begin (they reset
         # themselves there), since this callback comes after them.
@@ -227,7 +247,10 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
         if meta.get("stop_training"):
             # The checkpointed epoch ended the training (early stopping, a
             # plateau rule, a time limit): no epoch is left to run.
-            self.model._initial_epoch = max(meta["epoch"], self.params.get("epochs", 0))
+            _keras_internals.set_initial_epoch(
+                self.model, max(meta["epoch"], self.params.get("epochs", 0)))
 
     def on_train_begin(self, logs=None):
-        self._load_model()
+        # Replaces BackupAndRestore.on_train_begin (and its fallback to a
+        # `.bkp` copy): the checkpoint is written atomically instead.
+        self._restore_checkpoint()

@@ -6,6 +6,7 @@ import os
 import keras
 import numpy as np
 
+from deepkit import _keras_internals
 from deepkit.callbacks._config import FromConfig
 from deepkit.export import export
 
@@ -13,7 +14,7 @@ from deepkit.export import export
 def _gated_experts_layers(model):
     from deepkit.layers.gated_experts import GatedExperts
 
-    layers = model._flatten_layers(include_self=False, recursive=True)
+    layers = _keras_internals.flatten_layers(model)
     return [layer for layer in layers if isinstance(layer, GatedExperts)]
 
 

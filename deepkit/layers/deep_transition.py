@@ -16,6 +16,26 @@ Notation (the paper's, with Keras' row-vector convention `x @ W`):
 
 With no intermediate layers (L = 1) the cell is the conventional RNN,
 h_t = φ_h(h_{t-1} W + x_t U + b).
+
+Why `DeepTransitionRNN` sets the cell's mode instead of passing it (Keras
+3.15): around Keras' time loop it puts the cell in two modes, through the
+context managers `DeepTransitionCell.inputs_projected` (`call` takes
+x_t U + b_1, projected for all t before the loop, instead of x_t) and
+`DeepTransitionCell.noisy_weights` (`call` uses the one noise sample drawn
+for the whole sequence). Passing either as an argument of the cell's `call`
+is not possible through `keras.layers.RNN`: its `inner_loop`
+(keras/src/layers/rnn/rnn.py) builds the step's keyword arguments as
+``cell_kwargs = {"training": training}`` only (when the cell's `call` has a
+``training`` argument) and its step calls
+``self.cell(inputs, states, **cell_kwargs)``; `RNN.call` takes no
+``constants`` (which the class docstring still mentions) nor any other
+argument to forward; and the loop that `inner_loop` runs,
+``keras.src.backend.rnn``, is not public API (not in `keras.ops` or
+`keras.backend`), so a step with more arguments would need a private Keras
+function or a loop rewritten on `keras.ops.scan`, masking, ``go_backwards``
+and ``unroll`` included, which need not give the same numbers. The modes
+are set only inside `DeepTransitionRNN.inner_loop` and reset when it
+returns, even on an error.
 """
 
 import contextlib
@@ -24,6 +44,7 @@ import re
 import keras
 from keras import ops
 
+from deepkit import _keras_internals
 from deepkit.export import export
 from deepkit.layers.weight_noise import check_weight_noise, with_weight_noise
 
@@ -550,6 +571,7 @@ class DeepTransitionRNN(keras.layers.RNN):
             trainable=kwargs.get("trainable", True),
             name="deep_transition_cell",
         )
+        _keras_internals.check_rnn_inner_loop()  # the method overridden below
         super().__init__(
             cell,
             return_sequences=return_sequences,
@@ -561,15 +583,17 @@ class DeepTransitionRNN(keras.layers.RNN):
         )
         self.input_spec = keras.layers.InputSpec(ndim=3)
 
-    def _create_state_variables(self, batch_size):
-        # keras.layers.RNN keeps the carried state of a stateful layer in
-        # untracked variables. Backends that train by stateless calls (JAX)
-        # then drop the state assigned during fit/evaluate/predict, and each
-        # batch starts from zeros (Keras 3.15). Tracked as non-trainable
-        # weights, the state is returned by the stateless call and carried.
-        super()._create_state_variables(batch_size)
-        for variable in self.states:
-            self._track_variable(variable)
+    def build(self, sequences_shape, initial_state_shape=None):
+        super().build(sequences_shape, initial_state_shape)
+        if self.stateful:
+            # keras.layers.RNN.build keeps the carried state of a stateful
+            # layer in untracked variables. Backends that train by stateless
+            # calls (JAX) then drop the state assigned during
+            # fit/evaluate/predict, and each batch starts from zeros (Keras
+            # 3.15). Assigned to an attribute, the variables are tracked as
+            # non-trainable weights: the stateless call returns and carries
+            # them. (Tracking ignores variables it already holds.)
+            self.states = _keras_internals.rnn_state_variables(self)
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         # x_t U + b_1 for every t in one product; the loop does the rest.

@@ -25,11 +25,33 @@ gradient is the surrogate's.
   are estimated on the minibatch, leaving the example itself out, so the
   estimator stays unbiased without state; the authors' code used moving
   averages over minibatches instead.
+
+Why the REINFORCE terms ride on the layer (Keras 3.15): the layer keeps the
+tensors ``(h, a)`` of its last training call in a plain attribute, which
+`reinforce_loss` reads in the model's `compute_loss`; that is right only
+while the forward pass and `compute_loss` run in one trace, as they do in
+Keras' `train_step` on every backend. Neither explicit route Keras offers
+keeps the model's behaviour:
+
+- `add_loss` takes finished losses, and `Trainer.compute_loss` adds every
+  one of them to the loss; the surrogate's advantage ``L − b`` needs the
+  per-example loss ``L(y, y_pred)``, which `call` does not see (it gets no
+  ``y``), so the surrogate cannot be finished in `call`.
+- Returning ``(h, a)`` with the output would make them part of ``y_pred``,
+  which `train_step` hands unchanged to the compiled loss and to
+  `compute_metrics`, and which a training call returns to its caller: the
+  model's training output would change structure (and differ from its
+  inference output), and a functional model could not route them at all.
+
+Keras takes the same route for `add_loss` itself: its JAX trainer parks the
+losses of the stateless forward call on the model (``_losses_override``)
+for `compute_loss` in the same trace.
 """
 
 import keras
 from keras import ops
 
+from deepkit import _keras_internals
 from deepkit.export import export
 
 ESTIMATORS = (
@@ -141,12 +163,6 @@ def _per_example_loss(model, y, y_pred, sample_weight=None):
     return values
 
 
-def _all_layers(layer):
-    if hasattr(layer, "_flatten_layers"):
-        return list(layer._flatten_layers(include_self=False, recursive=True))
-    return list(getattr(layer, "layers", []))
-
-
 def reinforce_loss(model, y, y_pred, sample_weight=None):
     """The REINFORCE surrogate of every `StochasticBinaryGate` in ``model``.
 
@@ -162,7 +178,7 @@ def reinforce_loss(model, y, y_pred, sample_weight=None):
         A scalar, or None when no gate uses ``estimator="reinforce"``.
     """
     total = None
-    for layer in _all_layers(model):
+    for layer in _keras_internals.flatten_layers(model):
         if not isinstance(layer, StochasticBinaryGate):
             continue
         terms = layer.pending_reinforce_terms()

@@ -98,6 +98,12 @@ def test_errors_name_what_is_wrong():
     callback.set_model(scheduled)
     with pytest.raises(ValueError, match="learning rate is a schedule"):
         callback.on_train_begin()
+    # a callable rate cannot be divided either (Keras' setter would fail on it)
+    called = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    called.compile(keras.optimizers.SGD(lambda: 0.1), "mse")
+    callback.set_model(called)
+    with pytest.raises(ValueError, match=r"is a schedule \(or a callable\)"):
+        callback.on_train_begin()
 
 
 def test_in_a_fit_the_rate_drops_and_the_best_weights_come_back():

@@ -10,7 +10,7 @@ import pytest
 
 from deepkit.callbacks import ExactBackupAndRestore
 from deepkit.callbacks.backup import epoch_seed_state
-from deepkit.recipe.runner import EpochShuffledArrays
+from deepkit.datasets.epoch_arrays import EpochShuffledArrays
 
 SEED = 7
 
@@ -55,6 +55,19 @@ def test_one_weights_file_named_by_the_metadata(tmp_path):
     restored.load_weights(str(tmp_path / "epoch-00003.weights.h5"))
     for a, b in zip(model.get_weights(), restored.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_last_checkpoint_is_the_metadata_or_none(tmp_path):
+    backup = ExactBackupAndRestore(str(tmp_path / "ckpt"), seed=SEED)
+    assert backup.last_checkpoint() is None
+    x, y = _data()
+    _model().fit(x, y, batch_size=40, epochs=2, shuffle=False, verbose=0, callbacks=[backup])
+    assert backup.last_checkpoint() == _meta(tmp_path / "ckpt")
+    assert backup.last_checkpoint()["epoch"] == 2
+    assert backup._metadata() == backup.last_checkpoint()  # the former name, for now
+    # a new callback on the same folder reads the same checkpoint
+    assert ExactBackupAndRestore(str(tmp_path / "ckpt")).last_checkpoint()["weights"] == \
+        "epoch-00002.weights.h5"
 
 
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -108,6 +108,29 @@ class GateEstimatorsTest(TestCase):
         gate(A, training=False)
         self.assertIsNone(gate.pending_reinforce_terms())
 
+    def test_reinforce_loss_finds_gates_nested_in_plain_layers(self):
+        class Block(keras.layers.Layer):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.gate = StochasticBinaryGate("reinforce", seed=3, name="nested_gate")
+
+            def call(self, x, training=None):
+                return self.gate(x, training=training)
+
+        inputs = keras.Input((6,))
+        model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(
+            Block()(inputs)))
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        y = np.array([0, 1, 1, 0])
+        self.assertIsNone(stochastic.reinforce_loss(model, y, model(A)))  # inference call
+        y_pred = model(A, training=True)
+        gate = model.layers[1].gate
+        samples, logits = gate.pending_reinforce_terms()
+        per_example = keras.losses.sparse_categorical_crossentropy(y, y_pred)
+        self.assertAllClose(stochastic.reinforce_loss(model, y, y_pred),
+                            stochastic.reinforce_surrogate(per_example, samples, logits),
+                            atol=1e-6)
+
     def test_reinforce_surrogate_gradient_is_the_estimator(self):
         rng = np.random.default_rng(0)
         samples = (rng.random(A.shape) < sigmoid(A)).astype("float32")

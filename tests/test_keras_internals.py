@@ -1,0 +1,256 @@
+"""deepkit._keras_internals: each function on the installed Keras (real fits,
+optimizers and layers), and the error each raises when the Keras attribute it
+relies on is gone, naming the attribute, the Keras version and the tested
+range."""
+
+import inspect
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from deepkit import _keras_internals as ki
+from deepkit.layers import DeepTransitionRNN, StochasticBinaryGate
+from deepkit.models import ConditionalGatedMLP
+
+
+def _assert_names(error, attribute):
+    message = str(error.value)
+    assert f"`{attribute}`" in message
+    assert f"Keras {keras.__version__}" in message
+    assert "keras>=3.15,<3.16" in message
+
+
+def _dense_model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    return model
+
+
+X = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+Y = np.zeros((8, 2), "float32")
+
+
+def test_the_tested_range_is_the_one_setup_cfg_states():
+    from pathlib import Path
+    setup = (Path(__file__).resolve().parents[1] / "setup.cfg").read_text()
+    assert re.search(r"^\s*keras>=3\.15,<3\.16\s*$", setup, re.M)
+    assert ki.TESTED_KERAS == "keras>=3.15,<3.16"
+
+
+# -- keras.Model._initial_epoch -------------------------------------------------
+class _Epochs(keras.callbacks.Callback):
+    def __init__(self, start=None):
+        super().__init__()
+        self.start, self.seen, self.found = start, [], None
+
+    def on_train_begin(self, logs=None):
+        if self.start is not None:
+            ki.set_initial_epoch(self.model, self.start)
+        self.found = ki.initial_epoch(self.model)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(epoch)
+
+
+def test_set_initial_epoch_makes_the_running_fit_skip_epochs():
+    model = _dense_model()
+    assert ki.initial_epoch(model) is None
+    callback = _Epochs(start=3)
+    history = model.fit(X, Y, epochs=5, verbose=0, callbacks=[callback])
+    assert callback.seen == [3, 4] and len(history.history["loss"]) == 2
+    assert ki.initial_epoch(model) == 3
+    ki.set_initial_epoch(model, None)
+    callback = _Epochs()
+    model.fit(X, Y, epochs=2, verbose=0, callbacks=[callback])
+    assert callback.seen == [0, 1]
+
+
+def test_initial_epoch_reads_what_keras_backup_and_restore_sets(tmp_path):
+    model = _dense_model()
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path), delete_checkpoint=False)
+    model.fit(X, Y, epochs=2, verbose=0, callbacks=[backup])
+    # A second fit: Keras' callback restores epoch 2 in its on_train_begin.
+    callback = _Epochs()
+    model.fit(X, Y, epochs=4, verbose=0,
+              callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path)), callback])
+    assert callback.found == 2 and callback.seen == [2, 3]
+
+
+def test_initial_epoch_errors_name_the_attribute(monkeypatch):
+    model = _dense_model()
+    monkeypatch.delattr(model, "_initial_epoch")
+    with pytest.raises(RuntimeError) as error:
+        ki.initial_epoch(model)
+    _assert_names(error, "keras.Model._initial_epoch")
+    with pytest.raises(RuntimeError) as error:
+        ki.set_initial_epoch(model, 2)
+    _assert_names(error, "keras.Model._initial_epoch")
+    assert not hasattr(model, "_initial_epoch")  # not created where fit would not read it
+
+
+# -- keras.Layer._flatten_layers ------------------------------------------------
+class _Block(keras.layers.Layer):
+    """A plain layer holding sublayers, which no public API lists."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.gate = StochasticBinaryGate("reinforce", name="gate")
+        self.dense = keras.layers.Dense(4, name="inner_dense")
+
+    def call(self, x, training=None):
+        return self.gate(self.dense(x), training=training)
+
+
+def test_flatten_layers_finds_layers_nested_in_plain_layers_and_models():
+    inner_in = keras.Input((4,), name="inner_in")
+    inner = keras.Model(inner_in, _Block(name="block")(inner_in), name="inner")
+    model = keras.Sequential([keras.Input((3,), name="outer_in"),
+                              keras.layers.Dense(4, name="first"), inner])
+    # Each layer once, the model itself left out, in Keras' order (a
+    # layer's sublayers come right after it).
+    assert [layer.name for layer in ki.flatten_layers(model)] == [
+        "outer_in", "first", "inner", "block", "inner_dense", "gate", "inner_in"]
+    # the public list stops at the first level
+    assert [layer.name for layer in model.layers] == ["first", "inner"]
+
+
+def test_flatten_layers_error_names_the_attribute(monkeypatch):
+    model = _dense_model()
+    monkeypatch.delattr(keras.Layer, "_flatten_layers")
+    with pytest.raises(RuntimeError) as error:
+        ki.flatten_layers(model)
+    _assert_names(error, "keras.Layer._flatten_layers")
+
+
+# -- keras.optimizers.Optimizer._get_variable_index -----------------------------
+def test_variable_index_finds_each_variables_slots():
+    variables = [keras.Variable(np.zeros(shape, "float32")) for shape in [(3,), (2, 5), (4,)]]
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(variables)
+    indices = [ki.variable_index(optimizer, v) for v in variables]
+    assert sorted(indices) == [0, 1, 2]
+    for variable, index in zip(variables, indices):
+        assert tuple(optimizer.momentums[index].shape) == tuple(variable.shape)
+
+
+def test_variable_index_error_names_the_attribute(monkeypatch):
+    optimizer = keras.optimizers.SGD(0.1)
+    owner = next(c for c in type(optimizer).__mro__ if "_get_variable_index" in vars(c))
+    monkeypatch.delattr(owner, "_get_variable_index")
+    with pytest.raises(RuntimeError) as error:
+        ki.variable_index(optimizer, keras.Variable(np.zeros(2, "float32")))
+    _assert_names(error, "keras.optimizers.Optimizer._get_variable_index")
+
+
+# -- SeedGenerator states --------------------------------------------------------
+def _by_path(model):
+    return [v for v in model.variables if "seed_generator_state" in v.path]
+
+
+def test_seed_state_variables_are_the_seed_generators_states_in_order():
+    dropout = keras.layers.Dropout(0.3)
+    noise = keras.layers.GaussianNoise(0.1)
+    rnn = DeepTransitionRNN(4, transition_layers=[3], weight_noise=0.1, seed=1,
+                            return_sequences=True, stateful=True)
+    inputs = keras.Input((5, 2), batch_size=4)
+    hidden = keras.layers.BatchNormalization()(noise(dropout(inputs)))
+    gate = StochasticBinaryGate("straight_through", seed=2)
+    model = keras.Model(inputs, gate(rnn(hidden)))
+    model.compile(keras.optimizers.SGD(0.1), "mse", metrics=["mae"])
+    model.fit(np.ones((8, 5, 2), "float32"), np.zeros((8, 5, 4), "float32"), batch_size=4,
+              verbose=0)
+    found = ki.seed_state_variables(model)
+    expected = [dropout.seed_generator.state, noise.seed_generator.state,
+                rnn.cell.seed_generator.state, gate.seed_generator.state]
+    assert [id(v) for v in found] == [id(v) for v in expected]
+    assert [id(v) for v in found] == [id(v) for v in _by_path(model)]
+    # not the other non-trainable state: moving statistics, the carried RNN state
+    assert not {id(v) for v in found} & {id(v) for v in model.non_trainable_weights}
+    assert len(model.non_trainable_weights) == 3
+
+
+def test_seed_state_variables_of_a_model_subclass_and_of_a_model_without_any():
+    model = ConditionalGatedMLP(units=6, gater_units=4, num_classes=3, input_dropout=0.2,
+                                seed=1)
+    model.build((2, 5))
+    found = ki.seed_state_variables(model)
+    assert len(found) == 2 and [id(v) for v in found] == [id(v) for v in _by_path(model)]
+    assert ki.seed_state_variables(_dense_model()) == []
+
+
+# -- keras.layers.RNN.inner_loop and keras.layers.RNN.states --------------------
+def test_check_rnn_inner_loop_and_the_override_runs(monkeypatch):
+    ki.check_rnn_inner_loop.cache_clear()
+    ki.check_rnn_inner_loop()
+    calls = []
+    original = DeepTransitionRNN.inner_loop
+
+    def spy(self, sequences, initial_state, mask, training=False):
+        calls.append(training)
+        return original(self, sequences, initial_state, mask, training=training)
+
+    monkeypatch.setattr(DeepTransitionRNN, "inner_loop", spy)
+    layer = DeepTransitionRNN(3, weight_noise=0.1, seed=0)
+    layer(np.ones((2, 4, 5), "float32"), training=True)  # noise needs the override
+    assert calls == [True]
+
+
+def test_check_rnn_inner_loop_errors_name_the_method(monkeypatch):
+    def other(self, sequences, initial_state, mask, training=False, extra=None):
+        return None
+
+    ki.check_rnn_inner_loop.cache_clear()
+    monkeypatch.setattr(keras.layers.RNN, "inner_loop", other)
+    with pytest.raises(RuntimeError) as error:
+        DeepTransitionRNN(3)
+    _assert_names(error, "keras.layers.RNN.inner_loop")
+    assert "'extra'" in str(error.value)
+    ki.check_rnn_inner_loop.cache_clear()
+    monkeypatch.delattr(keras.layers.RNN, "inner_loop")
+    with pytest.raises(RuntimeError) as error:
+        ki.check_rnn_inner_loop()
+    _assert_names(error, "keras.layers.RNN.inner_loop")
+    monkeypatch.undo()
+    ki.check_rnn_inner_loop.cache_clear()
+    ki.check_rnn_inner_loop()
+
+
+def test_rnn_state_variables_are_tracked_and_carried_by_fit():
+    inputs = keras.Input((4, 5), batch_size=2)
+    layer = DeepTransitionRNN(3, transition_layers=[2], return_sequences=True, stateful=True)
+    model = keras.Model(inputs, layer(inputs))
+    states = ki.rnn_state_variables(layer)
+    assert len(states) == 1 and tuple(states[0].shape) == (2, 3)
+    assert [id(v) for v in layer.non_trainable_weights] == [id(states[0])]
+    layer.build((2, 4, 5))  # a second build tracks nothing twice
+    assert len(layer.non_trainable_weights) == 1
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    model.fit(np.ones((4, 4, 5), "float32"), np.zeros((4, 4, 3), "float32"), batch_size=2,
+              shuffle=False, verbose=0)
+    # the state after the last batch is the one fit left (on JAX too)
+    assert np.abs(np.asarray(layer.states[0])).max() > 0
+
+
+def test_rnn_state_variables_errors_name_the_attribute():
+    class Bare:
+        pass
+
+    with pytest.raises(RuntimeError) as error:
+        ki.rnn_state_variables(Bare())
+    _assert_names(error, "keras.layers.RNN.states")
+    unbuilt = keras.layers.SimpleRNN(2, stateful=True)  # states not created yet
+    with pytest.raises(RuntimeError) as error:
+        ki.rnn_state_variables(unbuilt)
+    _assert_names(error, "keras.layers.RNN.states")
+    assert "holds None" in str(error.value)
+
+
+def test_the_module_docstring_lists_every_function():
+    doc = ki.__doc__
+    functions = [name for name, obj in vars(ki).items()
+                 if inspect.isfunction(obj) and not name.startswith("_")]
+    functions += ["check_rnn_inner_loop"]
+    for name in set(functions):
+        assert f"`{name}`" in doc, name
