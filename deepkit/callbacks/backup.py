@@ -171,9 +171,6 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
             return None
         return json.loads(self._metadata_path.read_text())
 
-    # Former name of `last_checkpoint`, kept while callers move to it.
-    _metadata = last_checkpoint
-
     def _write_checkpoint(self):
         folder = Path(self.backup_dir)
         folder.mkdir(parents=True, exist_ok=True)

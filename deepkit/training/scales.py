@@ -5,6 +5,7 @@ import numbers
 import keras
 from keras import ops
 
+from deepkit import _keras_internals
 from deepkit.export import export
 
 
@@ -106,7 +107,7 @@ class ScaledSGD(keras.optimizers.SGD):
         self._variable_lr_scales = factors
 
     def update_step(self, gradient, variable, learning_rate):
-        factor = (self._variable_lr_scales[self._get_variable_index(variable)]
+        factor = (self._variable_lr_scales[_keras_internals.variable_index(self, variable)]
                   if self._variable_lr_scales else 1.0)
         if factor != 1.0:
             learning_rate = ops.multiply(ops.cast(learning_rate, variable.dtype), factor)

@@ -13,6 +13,7 @@ import numbers
 import keras
 from keras import ops
 
+from deepkit import _keras_internals
 from deepkit.export import export
 
 
@@ -160,7 +161,7 @@ class VariableMomentumSGD(keras.optimizers.Optimizer):
         learning_rate = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
         momentum = ops.cast(self.momentum, variable.dtype)
-        velocity = self.velocities[self._get_variable_index(variable)]
+        velocity = self.velocities[_keras_internals.variable_index(self, variable)]
         step = ops.multiply(gradient, learning_rate)
         self.assign(velocity, ops.subtract(ops.multiply(velocity, momentum), step))
         if self.nesterov:

@@ -138,7 +138,7 @@ class Stage:
 class StageResult:
     """What one stage of `fit_stages` did.
 
-    Attributes:
+    Args:
         name: the stage's name.
         index: its position in the list.
         epochs: epochs trained (over all resumptions).
@@ -167,8 +167,13 @@ class StageResult:
 class TrainingDiverged(RuntimeError):
     """The loss of a stage stopped being finite; the last good checkpoint is kept.
 
-    Attributes: stage, index, epoch, batch (counted from 0), and
-    checkpoint_epoch (the epoch of the kept checkpoint, or None).
+    Args:
+        message: what happened, where.
+        stage: the stage's name.
+        index: its position in the list of stages.
+        epoch, batch: where the loss stopped being finite (from 0).
+        checkpoint_epoch: the epoch of the kept checkpoint (the number of
+            epochs it holds), or None when none had finished.
     """
 
     def __init__(self, message, stage, index, epoch, batch, checkpoint_epoch=None):
@@ -257,13 +262,12 @@ def _atomic_json(path, value):
     os.replace(tmp, path)
 
 
-def _checkpoint_epoch(backup_dir):
-    """The epoch of the checkpoint `ExactBackupAndRestore` keeps in
-    `backup_dir`, or None (read from its metadata file)."""
-    path = Path(backup_dir) / "training_metadata.json"
-    if not path.exists():
+def _kept_epoch(order):
+    """The epoch of the checkpoint a stage's backup keeps, or None."""
+    if isinstance(order, _EpochOrder):
         return None
-    return json.loads(path.read_text()).get("epoch")
+    checkpoint = order.last_checkpoint()
+    return None if checkpoint is None else checkpoint["epoch"]
 
 
 class _Clock(keras.callbacks.Callback):
@@ -468,12 +472,11 @@ def _fit_stage(model, stage, index, results, train, validation_data, batch_size,
 
         if isinstance(error, TrainingInterrupted):
             error.stage, error.index = stage.name, index
-            error.checkpoint_epoch = None if ckpt is None else _checkpoint_epoch(
-                ckpt / f"stage-{index}")
+            error.checkpoint_epoch = _kept_epoch(order)
         raise
     if guard.stopped_at is not None:
         epoch, batch = guard.stopped_at
-        kept = None if ckpt is None else _checkpoint_epoch(ckpt / f"stage-{index}")
+        kept = _kept_epoch(order)
         raise TrainingDiverged(
             f"the loss became NaN at epoch {epoch + 1}, batch {batch + 1} of stage {index} "
             f"({stage.name})", stage.name, index, epoch, batch, kept)

@@ -64,7 +64,6 @@ def test_last_checkpoint_is_the_metadata_or_none(tmp_path):
     _model().fit(x, y, batch_size=40, epochs=2, shuffle=False, verbose=0, callbacks=[backup])
     assert backup.last_checkpoint() == _meta(tmp_path / "ckpt")
     assert backup.last_checkpoint()["epoch"] == 2
-    assert backup._metadata() == backup.last_checkpoint()  # the former name, for now
     # a new callback on the same folder reads the same checkpoint
     assert ExactBackupAndRestore(str(tmp_path / "ckpt")).last_checkpoint()["weights"] == \
         "epoch-00002.weights.h5"

@@ -7,8 +7,8 @@ import keras
 import pytest
 
 from deepkit.callbacks import (AnnealOnPlateau, ExactBackupAndRestore, ExpertLoad,
-                               MomentumSchedule, RichProgressBar, StopAtTarget, StopOnNaN,
-                               TimeLimit)
+                               MomentumSchedule, ResetStates, RichProgressBar, StopAtTarget,
+                               StopOnNaN, TimeLimit)
 
 
 def _instances(tmp_path):
@@ -17,6 +17,7 @@ def _instances(tmp_path):
         ExactBackupAndRestore(str(tmp_path / "ckpt"), seed=5, delete_checkpoint=True),
         ExpertLoad(path=str(tmp_path / "load.csv"), chart=False),
         MomentumSchedule(0.5, 0.7, 250, start_epoch=1),
+        ResetStates(),
         RichProgressBar(batch_size=32),
         StopAtTarget("val_loss", 0.25),
         StopOnNaN(),
@@ -24,7 +25,7 @@ def _instances(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(9))
 def test_serialize_deserialize_round_trip(tmp_path, index):
     callback = _instances(tmp_path)[index]
     serialized = keras.saving.serialize_keras_object(callback)
