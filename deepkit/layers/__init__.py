@@ -1,6 +1,7 @@
 """deepkit.layers."""
 from deepkit.layers.maxout import Maxout, MaxoutConv2D
 from deepkit.layers.deep_transition import DeepTransitionCell, DeepTransitionRNN
+from deepkit.layers.expert_mlp import ExpertMLP
 from deepkit.layers.gated_experts import GatedExperts
 from deepkit.layers.stochastic import NoisyReLU, StochasticBinaryGate
 from deepkit.layers.initializers import SparseSingular

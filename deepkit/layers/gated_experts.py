@@ -5,6 +5,7 @@ from keras import ops
 
 from deepkit.export import export
 from deepkit.layers import routing
+from deepkit.layers.expert_mlp import ExpertMLP
 
 ROUTERS = ("top_k", "switch", "softmax", "hard")
 NOISES = (None, "gaussian", "noisy_top_k")
@@ -21,27 +22,53 @@ def _plain(value):
     return value
 
 
-def _expert_layer(config):
-    """A fresh layer from ``{"class_name": ..., "config": ...}`` or ``{Name: config}``."""
-    from deepkit.export import registry
-
-    config = _plain(config)
-    if not isinstance(config, dict):
-        raise ValueError(f"expert must be a dict describing a layer, got {config!r}")
-    if "class_name" not in config and len(config) == 1:
-        ((name, inner),) = config.items()
-        config = {"class_name": name, "config": inner or {}}
-    if "module" in config or "registered_name" in config:
-        layer = keras.saving.deserialize_keras_object(config)
+def _expert_template(expert):
+    """The template layer and its serialized form, from a layer or a serialized dict."""
+    if isinstance(expert, keras.layers.Layer):
+        layer = expert
+    elif isinstance(expert, dict) and "class_name" in expert and "config" in expert:
+        try:
+            layer = keras.saving.deserialize_keras_object(_plain(expert))
+        except Exception as e:
+            raise ValueError(f"expert: cannot deserialize {_plain(expert)!r}: {e}") from e
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(f"expert must describe a Keras layer, got {_plain(expert)!r}")
     else:
-        name = config["class_name"]
-        cls = registry().get(name.split(">")[-1]) or getattr(keras.layers, name, None)
-        if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
-            raise ValueError(f"expert: unknown layer class {name!r}")
-        layer = cls.from_config(config.get("config") or {})
-    if not isinstance(layer, keras.layers.Layer):
-        raise ValueError(f"expert must describe a Keras layer, got {config!r}")
-    return layer
+        hint = ""
+        if isinstance(expert, dict) and len(expert) == 1:
+            hint = (
+                " (the recipe form {Name: {...}} is built into a layer by the recipe "
+                "engine; in Python pass the layer, e.g. expert=keras.layers.Dense(8))"
+            )
+        raise ValueError(
+            "expert must be a Keras layer (a template, copied once per expert) or a "
+            f"dict from keras.saving.serialize_keras_object, got {expert!r}{hint}"
+        )
+    # Inside a saving or loading scope Keras marks objects it serializes twice
+    # with "shared_object_id"; the template is private to this layer.
+    config = _unshared(keras.saving.serialize_keras_object(layer))
+    config.pop("build_config", None)  # each copy is built by GatedExperts.build
+    config.pop("compile_config", None)
+    return layer, config
+
+
+def _unshared(value):
+    """`value` without Keras' ``shared_object_id`` entries, as plain dicts."""
+    if isinstance(value, dict):
+        return {k: _unshared(v) for k, v in value.items() if k != "shared_object_id"}
+    if isinstance(value, (list, tuple)):
+        return [_unshared(item) for item in value]
+    return value
+
+
+def _expert_copies(template, num_experts):
+    """``num_experts`` fresh copies of `template`, named ``expert_0``, ..."""
+    copies = []
+    for e in range(num_experts):
+        config = template.get_config()
+        config["name"] = f"expert_{e}"
+        copies.append(template.__class__.from_config(config))
+    return copies
 
 
 @export
@@ -61,8 +88,9 @@ class GatedExperts(keras.layers.Layer):
     Compute grows with ``k`` and the capacity factor, not with the number of
     experts: tokens are gathered into a ``[num_experts, capacity, d]`` buffer by
     slot indices computed with one sort (`deepkit.layers.routing`), the default
-    expert runs as one batched matmul per weight (``einsum("ecd,edh->ech")``
-    as `keras.ops.matmul` on ``[num_experts, capacity, d]`` and kernels
+    expert, a `deepkit.layers.ExpertMLP` (attribute ``expert_mlp``), runs as
+    one batched matmul per weight (``einsum("ecd,edh->ech")`` as
+    `keras.ops.matmul` on ``[num_experts, capacity, d]`` and kernels
     ``[num_experts, d, hidden]``), and outputs are gathered back.
 
     During training the layer adds its balance loss and z-loss with
@@ -99,10 +127,16 @@ class GatedExperts(keras.layers.Layer):
             Shazeer's two terms gets this weight).
         z_loss_weight: weight of the router z-loss (mean logsumexp² of the
             clean logits); 0 turns it off.
-        expert: optional serialized Keras or deepkit layer (``{"class_name":
-            "Dense", "config": {...}}``, or the recipe form ``{"Dense":
-            {...}}``) used as the expert instead of the default MLP; one copy
-            per expert, run one after another (no batched matmul).
+        expert: optional Keras or deepkit layer used as the expert instead
+            of the default MLP: a template, never built or called itself;
+            each expert is a fresh copy, ``layer.__class__.from_config(
+            layer.get_config())``, named ``expert_0``, ``expert_1``, ...,
+            and the experts run one after another (no batched matmul). The
+            dict of `keras.saving.serialize_keras_object` is accepted too (as
+            `get_config` stores it). In a recipe, ``expert: {Dense: {units:
+            8}}`` is built into the layer by the recipe engine. An
+            initializer with a fixed seed gives every copy the same initial
+            weights; unseeded ones draw a seed per copy.
         activation: activation of the default expert's hidden layer.
         dropped_tokens: ``"input"`` (pass through, when widths match) or
             ``"zero"`` (output zero; use inside a residual block).
@@ -112,9 +146,10 @@ class GatedExperts(keras.layers.Layer):
             output is on the same scale. Without it, a served token's output
             ``p_i · E_i(x)`` and a passed-through token's ``x`` differ in
             scale, which on MNIST made the router collapse.
-        kernel_initializer: for the expert kernels; variance-scaling
-            initializers use each expert's own fans.
-        bias_initializer: for the expert biases.
+        kernel_initializer: for the default expert's kernels, as for one
+            expert's Dense kernel: variance-scaling initializers use each
+            expert's own fans (see `deepkit.layers.ExpertMLP`).
+        bias_initializer: for the default expert's biases.
         router_initializer: for the router kernel; default zeros with
             ``noise="noisy_top_k"`` (as Shazeer et al.), else a truncated
             normal with standard deviation ``sqrt(0.1 / d)`` (Switch
@@ -207,7 +242,6 @@ class GatedExperts(keras.layers.Layer):
         self.balance_loss = balance_loss
         self.balance_loss_weight = float(balance_loss_weight)
         self.z_loss_weight = float(z_loss_weight)
-        self.expert = _plain(expert)
         self.activation = keras.activations.get(activation)
         self.dropped_tokens = dropped_tokens
         self.residual = bool(residual)
@@ -221,9 +255,25 @@ class GatedExperts(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
         if balance_loss == "shazeer" and noise is not None and self.k >= self.num_experts:
             raise ValueError("Shazeer's load loss needs fewer experts per token than experts")
+        # After the initializers and the seed generator, as before ExpertMLP
+        # existed: unseeded initializers draw their seeds in this order.
         self.experts = None
+        self.expert_mlp = None
+        self._expert_config = None
         if expert is not None:
-            self.experts = [_expert_layer(expert) for _ in range(self.num_experts)]
+            template, self._expert_config = _expert_template(expert)
+            self.experts = _expert_copies(template, self.num_experts)
+        else:
+            self.expert_mlp = ExpertMLP(
+                self.num_experts,
+                self.expert_units,
+                output_units=self.output_units,
+                activation=self.activation,
+                kernel_initializer=self.kernel_initializer,
+                bias_initializer=self.bias_initializer,
+                dtype=self.dtype_policy,
+                name="expert_mlp",
+            )
         self.supports_masking = True
 
     @property
@@ -236,19 +286,26 @@ class GatedExperts(keras.layers.Layer):
             "softmax": self.num_experts,
         }[self.router]
 
-    def _expert_kernel_initializer(self):
-        # A [E, d, h] kernel has fans E·d and E·h in Keras' rule (the leading
-        # axis is counted as a receptive field); scale by E so that each
-        # expert is initialized as a [d, h] Dense kernel would be.
-        init = self.kernel_initializer
-        if isinstance(init, keras.initializers.VarianceScaling):
-            return keras.initializers.VarianceScaling(
-                scale=init.scale * self.num_experts,
-                mode=init.mode,
-                distribution=init.distribution,
-                seed=init.seed,
-            )
-        return init
+    # The default expert's weights (None with a custom `expert`).
+    @property
+    def expert_kernel_1(self):
+        """``[E, d, expert_units]``, the default expert's first kernel."""
+        return None if self.expert_mlp is None else self.expert_mlp.expert_kernel_1
+
+    @property
+    def expert_bias_1(self):
+        """``[E, expert_units]``, the default expert's first bias."""
+        return None if self.expert_mlp is None else self.expert_mlp.expert_bias_1
+
+    @property
+    def expert_kernel_2(self):
+        """``[E, expert_units, output]``, the default expert's second kernel."""
+        return None if self.expert_mlp is None else self.expert_mlp.expert_kernel_2
+
+    @property
+    def expert_bias_2(self):
+        """``[E, output]``, the default expert's second bias."""
+        return None if self.expert_mlp is None else self.expert_mlp.expert_bias_2
 
     def build(self, input_shape):
         input_dim = input_shape[-1]
@@ -290,28 +347,8 @@ class GatedExperts(keras.layers.Layer):
                 )
             self._output_dim = units
         else:
-            self._output_dim = self.output_units or input_dim
-            kernel_init = self._expert_kernel_initializer()
-            self.expert_kernel_1 = self.add_weight(
-                name="expert_kernel_1",
-                shape=(num_experts, input_dim, self.expert_units),
-                initializer=kernel_init,
-            )
-            self.expert_bias_1 = self.add_weight(
-                name="expert_bias_1",
-                shape=(num_experts, self.expert_units),
-                initializer=self.bias_initializer,
-            )
-            self.expert_kernel_2 = self.add_weight(
-                name="expert_kernel_2",
-                shape=(num_experts, self.expert_units, self._output_dim),
-                initializer=kernel_init,
-            )
-            self.expert_bias_2 = self.add_weight(
-                name="expert_bias_2",
-                shape=(num_experts, self._output_dim),
-                initializer=self.bias_initializer,
-            )
+            self.expert_mlp.build((num_experts, None, input_dim))
+            self._output_dim = self.expert_mlp.output_dim
         if self.residual and self._output_dim != input_dim:
             raise ValueError(
                 f"residual=True needs the output width ({self._output_dim}) to equal "
@@ -339,13 +376,7 @@ class GatedExperts(keras.layers.Layer):
             return ops.stack(
                 [expert(buffer[e]) for e, expert in enumerate(self.experts)], axis=0
             )
-        # One batched matmul per weight, einsum "ecd,edh->ech" written as a
-        # batched matmul: TF's einsum was 1.4x slower than its batched matmul
-        # at 64 experts here; on JAX both are the same dot_general.
-        hidden = ops.matmul(buffer, self.expert_kernel_1)
-        hidden = self.activation(hidden + self.expert_bias_1[:, None, :])
-        outputs = ops.matmul(hidden, self.expert_kernel_2)
-        return outputs + self.expert_bias_2[:, None, :]
+        return self.expert_mlp(buffer)
 
     def _route(self, logits):
         if self.num_experts == 1:
@@ -474,6 +505,13 @@ class GatedExperts(keras.layers.Layer):
     def compute_mask(self, inputs, mask=None):
         return mask
 
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("expert"), dict):
+            config["expert"], _ = _expert_template(config["expert"])
+        return super().from_config(config)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -490,7 +528,7 @@ class GatedExperts(keras.layers.Layer):
                 "balance_loss": self.balance_loss,
                 "balance_loss_weight": self.balance_loss_weight,
                 "z_loss_weight": self.z_loss_weight,
-                "expert": _plain(self.expert),
+                "expert": _plain(self._expert_config),
                 "activation": keras.activations.serialize(self.activation),
                 "dropped_tokens": self.dropped_tokens,
                 "residual": self.residual,

@@ -12,8 +12,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from deepkit.layers import GatedExperts, routing
+from deepkit.layers import ExpertMLP, GatedExperts, routing
 from deepkit.layers.gated_experts import ROUTERS
+from deepkit.recipe import names
+from deepkit.recipe.schema import ObjectSpec
 from deepkit.testing import TestCase, weight_gradients
 
 
@@ -132,7 +134,7 @@ class ContractTest(TestCase):
             GatedExperts,
             {
                 "num_experts": 3,
-                "expert": {"class_name": "Dense", "config": {"units": 5, "activation": "tanh"}},
+                "expert": keras.layers.Dense(5, activation="tanh"),
                 "router": "switch",
             },
             input_data=X,
@@ -140,6 +142,7 @@ class ContractTest(TestCase):
             expected_num_trainable_weights=1 + 3 * 2,
         )
         self.assertEqual(len(layer.experts), 3)
+        self.assertIsNone(layer.expert_mlp)
 
     def test_argument_errors(self):
         with self.assertRaises(ValueError):
@@ -174,6 +177,137 @@ class ContractTest(TestCase):
         limit = math.sqrt(6 / (16 + 32))
         self.assertLessEqual(np.abs(kernel).max(), limit)
         self.assertGreater(np.abs(kernel).max(), 0.9 * limit)
+
+
+class CustomExpertTest(TestCase):
+    def test_copies_of_the_template(self):
+        template = keras.layers.Dense(5, activation="tanh", name="my_dense")
+        layer = GatedExperts(3, expert=template, router="switch")
+        y = layer(X)
+        self.assertEqual(tuple(y.shape), (3, 4, 5))
+        self.assertFalse(template.built)  # a template only: never built or called
+        self.assertEqual([e.name for e in layer.experts], ["expert_0", "expert_1", "expert_2"])
+        self.assertEqual(len({id(e) for e in layer.experts}), 3)
+        for e in layer.experts:
+            self.assertIsInstance(e, keras.layers.Dense)
+            self.assertEqual(e.units, 5)
+            self.assertEqual(e.activation, keras.activations.tanh)
+        # Unseeded initializers draw a seed per copy: the experts differ.
+        kernels = [ops.convert_to_numpy(e.kernel) for e in layer.experts]
+        self.assertFalse(np.allclose(kernels[0], kernels[1]))
+        # Each expert is the template's layer on its own tokens.
+        randomize(layer, seed=2)
+        logits = X.reshape(-1, 6) @ ops.convert_to_numpy(layer.router_kernel)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        choice = probs.argmax(-1)
+        out = ops.convert_to_numpy(layer(X)).reshape(-1, 5)
+        for t, e in enumerate(choice):  # eval capacity 2.0: nothing dropped here
+            w, b = (ops.convert_to_numpy(v) for v in (layer.experts[e].kernel, layer.experts[e].bias))
+            expected = probs[t, e] * np.tanh(X.reshape(-1, 6)[t] @ w + b)
+            self.assertAllClose(out[t], expected, atol=1e-5, rtol=1e-5)
+
+    def test_config_stores_the_serialized_template(self):
+        layer = GatedExperts(2, expert=keras.layers.Dense(4, name="inner"), router="hard")
+        config = layer.get_config()
+        expected = keras.saving.serialize_keras_object(keras.layers.Dense(4, name="inner"))
+        self.assertEqual(config["expert"], expected)
+        revived = GatedExperts.from_config(config)
+        self.assertEqual(revived.get_config(), config)
+        self.assertIsInstance(revived.experts[0], keras.layers.Dense)
+        # The serialized dict is accepted by the constructor too.
+        direct = GatedExperts(2, expert=config["expert"], router="hard")
+        self.assertEqual(direct.get_config()["expert"], config["expert"])
+        self.assertEqual(tuple(direct(X).shape), (3, 4, 4))
+
+    def test_built_template_is_copied_unbuilt(self):
+        template = keras.layers.Dense(3)
+        template.build((None, 2))  # a different input width than the mixture's
+        layer = GatedExperts(2, expert=template, router="switch")
+        self.assertNotIn("build_config", layer.get_config()["expert"])
+        self.assertEqual(tuple(layer(X).shape), (3, 4, 3))
+        self.assertEqual(tuple(layer.experts[0].kernel.shape), (6, 3))
+
+    def test_deepkit_layer_as_expert_saves_and_loads(self):
+        from deepkit.layers import Maxout
+
+        model = keras.Sequential(
+            [keras.Input((4, 6)), GatedExperts(3, expert=Maxout(4, pieces=2), top_k=2)]
+        )
+        path = os.path.join(self.get_temp_dir(), "maxout_experts.keras")
+        model.save(path)
+        loaded = keras.saving.load_model(path, safe_mode=True)
+        self.assertIsInstance(loaded.layers[0].experts[0], Maxout)
+        self.assertAllClose(loaded.predict(X, verbose=0), model.predict(X, verbose=0))
+
+    def test_recipe_form_is_built_by_the_recipe_engine(self):
+        spec = ObjectSpec(
+            "GatedExperts",
+            {"num_experts": 4, "expert": {"Dense": {"units": 8}}},
+            "model.sequential[0].GatedExperts",
+        )
+        layer = names.build("layer", spec)
+        self.assertIsInstance(layer, GatedExperts)
+        self.assertEqual(len(layer.experts), 4)
+        self.assertTrue(all(isinstance(e, keras.layers.Dense) for e in layer.experts))
+        model = keras.Sequential([keras.Input((4, 6)), layer])
+        model.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=False)
+        before = [ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
+        history = model.fit(X, np.zeros((3, 4, 8), "float32"), batch_size=3, epochs=1, verbose=0)
+        self.assertTrue(np.isfinite(history.history["loss"][0]))
+        self.assertEqual(tuple(model.predict(X, verbose=0).shape), (3, 4, 8))
+        after = [ops.convert_to_numpy(w) for w in model.trainable_weights]
+        self.assertTrue(any(not np.array_equal(b, a) for b, a in zip(before, after)))
+        self.assertEqual(layer.get_config()["expert"]["class_name"], "Dense")
+
+    def test_expert_that_is_not_a_layer(self):
+        for bad in (
+            "Dense",
+            {"Dense": {"units": 8}},  # the recipe form: the recipe engine builds it
+            {"class_name": "GlorotUniform", "config": {}, "module": "keras.initializers"},
+            {"class_name": "NoSuchLayer", "config": {}},
+            keras.initializers.GlorotUniform(),
+        ):
+            with self.subTest(expert=repr(bad)):
+                with self.assertRaisesRegex(ValueError, "expert"):
+                    GatedExperts(2, expert=bad)
+        with self.assertRaisesRegex(ValueError, "recipe engine"):
+            GatedExperts(2, expert={"Dense": {"units": 8}})
+
+    def test_output_units_must_match_the_expert(self):
+        with self.assertRaisesRegex(ValueError, "output_units"):
+            GatedExperts(2, expert=keras.layers.Dense(4), output_units=3).build((None, 6))
+
+
+class DefaultExpertTest(TestCase):
+    def test_default_expert_is_an_expert_mlp(self):
+        layer = GatedExperts(4, 8, output_units=3, activation="tanh", seed=1)
+        layer.build((None, 6))
+        self.assertIsInstance(layer.expert_mlp, ExpertMLP)
+        self.assertEqual(layer.expert_mlp.units, 8)
+        self.assertEqual(layer.expert_mlp.output_dim, 3)
+        self.assertIs(layer.expert_kernel_1, layer.expert_mlp.expert_kernel_1)
+        self.assertEqual(tuple(layer.expert_kernel_2.shape), (4, 8, 3))
+        self.assertEqual(
+            layer.expert_kernel_1.path, f"{layer.name}/expert_mlp/expert_kernel_1"
+        )
+        # The router first, then the experts' four weights (optimizer order).
+        names_ = [v.path.split("/")[-1] for v in layer.trainable_variables]
+        self.assertEqual(
+            names_,
+            ["router_kernel", "expert_kernel_1", "expert_bias_1", "expert_kernel_2",
+             "expert_bias_2"],
+        )
+        # The mixture's buffers go through the ExpertMLP call.
+        buffers = np.random.default_rng(0).normal(size=(4, 5, 6)).astype("float32")
+        self.assertAllClose(layer._run_experts(buffers), layer.expert_mlp(buffers))
+        self.assertNotIn("expert_mlp", layer.get_config())
+
+    def test_default_expert_follows_the_dtype_policy(self):
+        layer = GatedExperts(4, 8, dtype="mixed_bfloat16")
+        layer(X)
+        self.assertEqual(layer.expert_mlp.compute_dtype, "bfloat16")
+        self.assertEqual(layer.expert_kernel_1.dtype, "float32")
 
 
 class NumericsTest(TestCase):
@@ -477,8 +611,8 @@ EXPERT_PARALLEL_SCRIPT = textwrap.dedent(
 
     mesh = keras.distribution.DeviceMesh((2,), ["experts"], devices)
     layout_map = keras.distribution.LayoutMap(mesh)
-    layout_map[".*moe/expert_kernel_.*"] = ("experts", None, None)
-    layout_map[".*moe/expert_bias_.*"] = ("experts", None)
+    layout_map[".*moe/expert_mlp/expert_kernel_.*"] = ("experts", None, None)
+    layout_map[".*moe/expert_mlp/expert_bias_.*"] = ("experts", None)
     distribution = keras.distribution.ModelParallel(
         layout_map=layout_map, batch_dim_name="experts"
     )
