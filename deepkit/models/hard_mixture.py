@@ -6,6 +6,7 @@ from keras import ops
 
 from deepkit.export import export
 from deepkit.layers import routing
+from deepkit.layers.expert_mlp import ExpertMLP
 
 COMBINE = ("hard", "soft")
 # Training settings that older versions kept in the model's config; they
@@ -17,8 +18,8 @@ _TRAINING_KEYS = ("capacity_slack", "expert_epochs", "gater_epochs", "gater_lear
 class HardParallelMixture(keras.Model):
     """A hard mixture of MLP experts: a gater sends each example to one expert.
 
-    ``num_experts`` two-layer MLP experts and a gater MLP (softmax over the
-    experts). The model defines the architecture and inference; how it is
+    ``num_experts`` two-layer MLP experts (one `ExpertMLP`, ``experts``) and a
+    gater MLP (softmax over the experts). The model defines the architecture and inference; how it is
     trained is up to the caller:
 
     - `deepkit.training.Alternation` (or `fit_alternating`) runs Collobert
@@ -128,30 +129,15 @@ class HardParallelMixture(keras.Model):
         for size in input_shape[1:]:
             dim *= size
         self.input_dim = int(dim)
-        experts, hidden, classes = self.num_experts, self.expert_units, self.num_classes
-
-        def glorot(offset):
-            # Keras counts the expert axis of an [M, d, h] kernel into both
-            # fans; scale M makes each expert Glorot-uniform on its own fans
-            # (as GatedExperts does).
-            return keras.initializers.VarianceScaling(
-                scale=experts, mode="fan_avg", distribution="uniform", seed=self._seed(offset)
-            )
-
-        self.expert_kernel_1 = self.add_weight(
-            shape=(experts, dim, hidden), initializer=glorot(3), name="expert_kernel_1"
-        )
-        self.expert_bias_1 = self.add_weight(
-            shape=(experts, hidden), initializer="zeros", name="expert_bias_1"
-        )
-        self.expert_kernel_2 = self.add_weight(
-            shape=(experts, hidden, classes),
-            initializer=glorot(4),
-            name="expert_kernel_2",
-        )
-        self.expert_bias_2 = self.add_weight(
-            shape=(experts, classes), initializer="zeros", name="expert_bias_2"
-        )
+        # Built here, not in __init__: unseeded initializers draw their seeds
+        # when constructed, and the experts' come after the gater's.
+        self.experts = ExpertMLP(
+            self.num_experts, self.expert_units, self.num_classes,
+            activation=self.activation_name,
+            kernel_initializer=keras.initializers.GlorotUniform(self._seed(3)),
+            output_kernel_initializer=keras.initializers.GlorotUniform(self._seed(4)),
+            dtype=self.dtype_policy, name="experts")
+        self.experts.build((self.num_experts, None, self.input_dim))
         width = dim
         for layer in self.gater:
             layer.build((input_shape[0], width))
@@ -173,20 +159,11 @@ class HardParallelMixture(keras.Model):
 
     def grouped_expert_logits(self, grouped):
         """``[M, b, d] -> [M, b, C]``: expert m on the m-th group only."""
-        grouped = ops.cast(grouped, self.compute_dtype)
-        hidden = self.activation(
-            ops.matmul(grouped, self.expert_kernel_1) + self.expert_bias_1[:, None, :]
-        )
-        return ops.matmul(hidden, self.expert_kernel_2) + self.expert_bias_2[:, None, :]
+        return self.experts(ops.cast(grouped, self.compute_dtype))
 
     def all_expert_probs(self, inputs):
         """``[B, ...] -> [B, M, C]``: every expert on every example (dense)."""
-        x = self._flat(inputs)
-        hidden = self.activation(
-            ops.einsum("bd,mdh->bmh", x, self.expert_kernel_1) + self.expert_bias_1[None]
-        )
-        logits = ops.einsum("bmh,mhc->bmc", hidden, self.expert_kernel_2) + self.expert_bias_2[None]
-        return ops.softmax(logits, axis=-1)
+        return ops.softmax(self.experts.call_all(self._flat(inputs)), axis=-1)
 
     def call(self, inputs, training=None):
         weights = self.gater_weights(inputs)
@@ -215,7 +192,7 @@ class HardParallelMixture(keras.Model):
     @property
     def expert_variables(self):
         """The experts' weights (what the expert phase of a round trains)."""
-        return [self.expert_kernel_1, self.expert_bias_1, self.expert_kernel_2, self.expert_bias_2]
+        return list(self.experts.weights)
 
     @property
     def gater_variables(self):

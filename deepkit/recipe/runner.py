@@ -24,7 +24,7 @@ from deepkit.callbacks import (RichProgressBar, StopOnInterrupt, TrainingInterru
                                reset_states, stateful_layers)
 from deepkit.recipe import build, report, rundir
 from deepkit.recipe.errors import RecipeError, RunDiverged, RunFailed, RunInterrupted
-from deepkit.training.stages import TrainingDiverged, fit_stages
+from deepkit.training.stages import StageError, TrainingDiverged, fit_stages
 
 
 class Runner:
@@ -144,7 +144,7 @@ class Runner:
                        "metrics": {}, **self._comparison(), "env": env}
             rundir.atomic_write(self.run_dir / report.RESULTS, json.dumps(results, indent=2))
             raise RunDiverged(message) from None
-        except ValueError as e:  # a library's refusal of what the recipe asked for
+        except StageError as e:  # the library's refusal of what the recipe asked for
             raise RecipeError(str(e).splitlines()[0], "stages", recipe.file) from None
         finally:
             progress.on_train_end()  # the live display, also when fit raised

@@ -3,6 +3,6 @@ applied, or that is more than one `fit` call."""
 from deepkit.training.schedules import ExponentialDecayWithFloor
 from deepkit.training.schedules import VariableMomentumSGD
 from deepkit.training.scales import ScaledSGD
-from deepkit.training.stages import (Stage, StageResult, Trainer, TrainingDiverged,
-                                     fit_stages, previous_train_loss)
+from deepkit.training.stages import (Stage, StageError, StageResult, Trainer,
+                                     TrainingDiverged, fit_stages, previous_train_loss)
 from deepkit.training.alternation import Alternation, balanced_assignment, fit_alternating

@@ -21,7 +21,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import keras
 import numpy as np
@@ -70,6 +70,11 @@ def stage_seed(seed, index):
     return int(seed) + _STAGE_SEED_STRIDE * int(index)
 
 
+class StageError(ValueError):
+    """A stage cannot run as given (its arguments, or what it needs from an
+    earlier stage); raised before the stage trains."""
+
+
 def previous_train_loss(results):
     """The training loss of the previous stage at its best epoch.
 
@@ -78,7 +83,7 @@ def previous_train_loss(results):
     best epoch".
     """
     if not results or results[-1].best_train_loss is None:
-        raise ValueError("until: the previous stage has no history to take its training "
+        raise StageError("until: the previous stage has no history to take its training "
                          "loss from (previous_train_loss needs a stage before this one)")
     return results[-1].best_train_loss
 
@@ -121,15 +126,15 @@ class Stage:
 
     def __post_init__(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"Stage {self.name!r}: epochs must be a positive integer, "
+            raise StageError(f"Stage {self.name!r}: epochs must be a positive integer, "
                              f"got {self.epochs!r}")
         if self.until is not None:
             if not (isinstance(self.until, (tuple, list)) and len(self.until) == 2
                     and isinstance(self.until[0], str)):
-                raise ValueError(f"Stage {self.name!r}: until must be (monitor, target), "
+                raise StageError(f"Stage {self.name!r}: until must be (monitor, target), "
                                  f"got {self.until!r}")
         if self.trainer is not None and not callable(getattr(self.trainer, "fit", None)):
-            raise ValueError(f"Stage {self.name!r}: trainer must have a fit(model, x, ...) "
+            raise StageError(f"Stage {self.name!r}: trainer must have a fit(model, x, ...) "
                              f"method, got {type(self.trainer).__name__}")
         self.callbacks = list(self.callbacks)
 
@@ -230,7 +235,7 @@ def _mode(callback):
         return "max" if op is keras.ops.greater else "min"
     if callback.monitor.removeprefix("val_") == "loss":
         return "min"
-    raise ValueError(f"{type(callback).__name__}(monitor={callback.monitor!r}, mode='auto'): "
+    raise StageError(f"{type(callback).__name__}(monitor={callback.monitor!r}, mode='auto'): "
                      "the direction of the monitor is unknown before an epoch has run; "
                      "give mode='min' or mode='max'")
 
@@ -359,6 +364,7 @@ def fit_stages(model, stages, train, validation_data=None, *, batch_size=32, see
         A list of `StageResult`, one per stage.
 
     Raises:
+        StageError: a stage cannot run as given (a ValueError).
         TrainingDiverged: a loss was not finite; the stage's last good
             checkpoint is kept.
         deepkit.callbacks.TrainingInterrupted: from `StopOnInterrupt`, with
@@ -392,15 +398,15 @@ def fit_stages(model, stages, train, validation_data=None, *, batch_size=32, see
     """
     stages = list(stages)
     if not stages or not all(isinstance(s, Stage) for s in stages):
-        raise ValueError("fit_stages: stages must be a non-empty list of Stage, got "
+        raise StageError("fit_stages: stages must be a non-empty list of Stage, got "
                          f"{[type(s).__name__ for s in stages] or 'none'}")
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
-        raise ValueError(f"fit_stages: stage names must differ, got {names}")
+        raise StageError(f"fit_stages: stage names must differ, got {names}")
     train = tuple(np.asarray(a) for a in train)
     for stage in stages:
         if stage.merge_validation and validation_data is None:
-            raise ValueError(f"Stage {stage.name!r}: merge_validation needs validation_data")
+            raise StageError(f"Stage {stage.name!r}: merge_validation needs validation_data")
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir)
     history_dir = Path(history_dir) if history_dir is not None else ckpt
     for folder in (ckpt, history_dir):

@@ -4,18 +4,13 @@ ends with the same history and weights as an uninterrupted run."""
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
-HERE = Path(__file__).resolve().parent
+from runs import final_weights, finish_run, start_run
 
 RECIPE = """\
 name: ctrlc
@@ -38,24 +33,12 @@ fit:
 evaluate: {splits: [test]}
 """
 
-_HELPER = ("import sys; sys.path.insert(0, {here!r}); import interrupter; "
-           "sys.exit(interrupter.main(sys.argv[1:]))")
-
-
 def _start(recipe, run_dir, moment=None):
-    env = {k: v for k, v in os.environ.items() if k != "DEEPKIT_TEST_SIGINT"}
-    env["KERAS_BACKEND"] = keras.backend.backend()
-    if moment:
-        env["DEEPKIT_TEST_SIGINT"] = moment
-    return subprocess.Popen(
-        [sys.executable, "-c", _HELPER.format(here=str(HERE)), "run", str(recipe),
-         "--backend", keras.backend.backend(), "--run-dir", str(run_dir)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_run("interrupter", recipe, run_dir,
+                     {"DEEPKIT_TEST_SIGINT": moment} if moment else None)
 
 
-def _finish(process):
-    out, err = process.communicate(timeout=300)
-    return process.returncode, out, err
+_finish = finish_run
 
 
 def _rows(path):
@@ -63,10 +46,7 @@ def _rows(path):
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _weights(run_dir):
-    import deepkit
-
-    return [np.asarray(w) for w in deepkit.load_model(run_dir / "model.keras").get_weights()]
+_weights = final_weights
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,7 @@ finished and foreign run directories, two-stage recipes."""
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -19,8 +16,7 @@ from keras import ops
 import deepkit
 from deepkit import cli, datasets, export
 from deepkit.recipe import dump, load, report
-
-HERE = Path(__file__).resolve().parent
+from runs import final_weights, finish_run, start_run
 
 TINY = """\
 name: runtest
@@ -252,31 +248,16 @@ fit:
 evaluate: {splits: [test]}
 """
 
-_KILLER = ("import sys; sys.path.insert(0, {here!r}); import killer; "
-           "sys.exit(killer.main(sys.argv[1:]))")
-
-
 def _start(recipe, run_dir, kill):
-    backend = keras.backend.backend()
-    env = {k: v for k, v in os.environ.items() if k != "DEEPKIT_TEST_KILL"}
-    env["KERAS_BACKEND"] = backend
-    if kill:
-        env["DEEPKIT_TEST_KILL"] = "1"
-    return subprocess.Popen(
-        [sys.executable, "-c", _KILLER.format(here=str(HERE)), "run", str(recipe),
-         "--backend", backend, "--run-dir", str(run_dir)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    return start_run("killer", recipe, run_dir, {"DEEPKIT_TEST_KILL": "1"} if kill else None)
 
 
 def _finish(process):
-    out, err = process.communicate(timeout=300)
-    return process.returncode, out + err
+    code, out, err = finish_run(process)
+    return code, out + err
 
 
-def _weights(run_dir):
-    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
-    return [np.asarray(w) for w in model.get_weights()]
+_weights = final_weights
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):

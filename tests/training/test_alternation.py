@@ -88,12 +88,12 @@ class AlternationTest(TestCase):
         grads = weight_gradients(phase, grouped, loss_fn)
         names = [v.path for v in phase.trainable_variables]
         self.assertLen(names, 4)
-        kernel_grad = grads[names.index(model.expert_kernel_2.path)]
+        kernel_grad = grads[names.index(model.experts.expert_kernel_2.path)]
         for m in range(4):
             # Each expert's gradient is that of its own mean loss on its group.
             x = X.reshape(4, 16, -1)[m]
-            h = np.maximum(x @ ops.convert_to_numpy(model.expert_kernel_1)[m]
-                           + ops.convert_to_numpy(model.expert_bias_1)[m], 0.0)
+            h = np.maximum(x @ ops.convert_to_numpy(model.experts.expert_kernel_1)[m]
+                           + ops.convert_to_numpy(model.experts.expert_bias_1)[m], 0.0)
             p = softmax(numpy_expert_logits(model, m, x))
             p[np.arange(16), labels[0, m]] -= 1.0
             self.assertAllClose(kernel_grad[m], h.T @ p / 16, atol=1e-5)
