@@ -6,7 +6,9 @@ the arrays of one split as a tuple `(x, y)` or `(x, y, sample_weight)`, or
 `"valid"` without `validation=`). Local files are found under the folder
 named by the `DEEPKIT_DATA` environment variable, in the layout of
 `shared/data` (``mnist/train-images-idx3-ubyte.gz``, ``ptb/ptb.train.txt``,
-``polyphonic/JSB Chorales.pickle``).
+``polyphonic/JSB Chorales.pickle``). The synthetic pathological tasks
+(`adding`, `temporal_order`, ... in `deepkit.datasets.pathological`) are
+generated from a seed and need no files.
 
 Example:
 
@@ -36,7 +38,7 @@ def __getattr__(name):
 # name -> _Entry
 _DATASETS = {}
 # Modules that register loaders; imported on first lookup.
-_MODULES = ("mnist", "polyphonic", "ptb")
+_MODULES = ("mnist", "pathological", "polyphonic", "ptb")
 
 
 class DataError(Exception):
