@@ -545,6 +545,16 @@ def generate(task, size, seed, split="train", length=50, max_length=None, **opti
     return (x, y) if weights is None else (x, y, weights)
 
 
+def _split_size(split, size, train_size):
+    """`train_size` for the training split when given, else `size`."""
+    if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int)
+                                   or train_size < 1):
+        raise TaskOptionError(f"train_size must be a positive integer or null, got {train_size!r}")
+    if split == "train" and train_size is not None:
+        return train_size
+    return size
+
+
 def _blank(spec, extra):
     return extra.get("n_values") if spec.per_step else None
 
@@ -559,6 +569,9 @@ _COMMON_ARGS = """
         max_length: each sequence's nominal length is drawn uniformly from
             ``[length, max_length]``; null for a fixed `length`.
         size: sequences in the split (the paper evaluates on 10,000).
+        train_size: sequences in the training split, when it should differ
+            from `size` (a long fixed training set beside a 10,000-sequence
+            test set); null: `size`.
         seed: a non-negative integer; each split draws from ``(seed,
             split)``.{extra}
 
@@ -577,38 +590,43 @@ def _describe(fn, task, summary, returns, extra=""):
 
 @datasets.register("adding", description="adding problem (Hochreiter & Schmidhuber 1997), "
                    "generated")
-def adding(split, *, length=50, max_length=None, size=10000, seed=0):
-    return generate("adding", size, seed, split, length, max_length)
+def adding(split, *, length=50, max_length=None, size=10000, train_size=None, seed=0):
+    return generate("adding", _split_size(split, size, train_size), seed, split,
+                    length, max_length)
 
 
 @datasets.register("multiplication", description="multiplication problem, generated")
-def multiplication(split, *, length=50, max_length=None, size=10000, seed=0):
-    return generate("multiplication", size, seed, split, length, max_length)
+def multiplication(split, *, length=50, max_length=None, size=10000, train_size=None, seed=0):
+    return generate("multiplication", _split_size(split, size, train_size), seed, split,
+                    length, max_length)
 
 
 @datasets.register("temporal_order", description="temporal order problem (4 classes), "
                    "generated")
-def temporal_order(split, *, length=50, max_length=None, size=10000, seed=0):
-    return generate("temporal_order", size, seed, split, length, max_length)
+def temporal_order(split, *, length=50, max_length=None, size=10000, train_size=None, seed=0):
+    return generate("temporal_order", _split_size(split, size, train_size), seed, split,
+                    length, max_length)
 
 
 @datasets.register("temporal_order_3bit", description="3-bit temporal order problem "
                    "(8 classes), generated")
-def temporal_order_3bit(split, *, length=50, max_length=None, size=10000, seed=0):
-    return generate("temporal_order_3bit", size, seed, split, length, max_length)
+def temporal_order_3bit(split, *, length=50, max_length=None, size=10000, train_size=None, seed=0):
+    return generate("temporal_order_3bit", _split_size(split, size, train_size), seed, split,
+                    length, max_length)
 
 
 @datasets.register("random_permutation", description="random permutation problem "
                    "(100 symbols), generated")
-def random_permutation(split, *, length=50, max_length=None, size=10000, seed=0):
-    return generate("random_permutation", size, seed, split, length, max_length)
+def random_permutation(split, *, length=50, max_length=None, size=10000, train_size=None, seed=0):
+    return generate("random_permutation", _split_size(split, size, train_size), seed, split,
+                    length, max_length)
 
 
 @datasets.register("noiseless_memorization", description="noiseless memorization problem, "
                    "generated")
-def noiseless_memorization(split, *, length=50, max_length=None, size=10000, seed=0,
+def noiseless_memorization(split, *, length=50, max_length=None, size=10000, train_size=None, seed=0,
                            n_values=5, n_positions=10):
-    return generate("noiseless_memorization", size, seed, split, length, max_length,
+    return generate("noiseless_memorization", _split_size(split, size, train_size), seed, split, length, max_length,
                     n_values=n_values, n_positions=n_positions)
 
 

@@ -17,6 +17,7 @@ import re
 import keras
 
 from deepkit import datasets, export
+from deepkit.training.clipping import ThresholdRule
 from deepkit.training.stages import Trainer
 from deepkit.recipe.errors import RecipeError, closest, describe
 from deepkit.recipe.schema import ObjectSpec, check_type, object_spec
@@ -33,9 +34,11 @@ _BASES = {
     "constraint": (keras.constraints, keras.constraints.Constraint),
     "regularizer": (keras.regularizers, keras.regularizers.Regularizer),
     "trainer": (None, Trainer),
+    "threshold": (None, ThresholdRule),
 }
 # Kinds that may appear nested inside another object's configuration.
-_NESTED_KINDS = ("schedule", "initializer", "constraint", "regularizer", "layer")
+_NESTED_KINDS = ("schedule", "initializer", "constraint", "regularizer", "layer", "optimizer",
+                 "threshold")
 # Keyword arguments every Keras layer accepts through **kwargs.
 _LAYER_KWARGS = ("name", "dtype", "trainable", "autocast", "input_shape", "input_dim",
                  "batch_size", "activity_regularizer")
@@ -213,8 +216,8 @@ def _nested_spec(value, path):
         known = [n for kind in _NESTED_KINDS for n in _module_names(kind)]
         raise RecipeError(
             f"unknown name {name!r}{closest(name, known)}; expected an "
-            "initializer, constraint, regularizer, learning-rate schedule or "
-            "layer registered by deepkit or Keras", f"{path}.{name}")
+            "initializer, constraint, regularizer, learning-rate schedule, layer, "
+            "optimizer or clipping threshold registered by deepkit or Keras", f"{path}.{name}")
     return None
 
 

@@ -7,6 +7,6 @@ from deepkit.training.stages import (Stage, StageError, StageResult, Trainer,
                                      TrainingDiverged, fit_stages, previous_train_loss)
 from deepkit.training.alternation import Alternation, balanced_assignment, fit_alternating
 from deepkit.training.clipping import (AverageNorm, ClipGradients, ClippingLogs, NonFiniteGradient,
-                                       PercentileNorm, ZScoreNorm,
+                                       PercentileNorm, ThresholdRule, ZScoreNorm,
                                        adaptive_clip, clip_by_global_norm, clip_by_value,
                                        global_norm)

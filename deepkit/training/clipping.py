@@ -96,10 +96,15 @@ def adaptive_clip(grads, params, clipping=0.01, eps=1e-3):
 
 # -- adaptive thresholds ---------------------------------------------------------
 
-class _Threshold:
-    """A threshold rule: `state_shapes()` names its state (float32 variables of
-    the wrapper), `threshold(state, step)` gives this step's threshold from the
-    norms seen before, `update(state, norm, clipped_norm, step)` the next state."""
+class ThresholdRule:
+    """Base of the adaptive thresholds of `ClipGradients`.
+
+    A rule is three pure functions of tensors: `state_shapes()` names its
+    state (float32 variables of the wrapper, saved with the optimizer),
+    `threshold(state, step)` gives this step's threshold from the norms seen
+    before, and `update(state, norm, clipped_norm, step)` the next state.
+    Recipes name the rules under ``ClipGradients: {threshold: {Name: ...}}``.
+    """
 
     def state_shapes(self):
         return {}
@@ -113,7 +118,7 @@ class _Threshold:
 
 
 @export
-class AverageNorm(_Threshold):
+class AverageNorm(ThresholdRule):
     """Threshold = ``multiple`` × the average gradient norm seen so far.
 
     Pascanu et al. (section 3.2) advise a threshold between half and ten
@@ -165,7 +170,7 @@ class AverageNorm(_Threshold):
 
 
 @export
-class PercentileNorm(_Threshold):
+class PercentileNorm(ThresholdRule):
     """Threshold = the ``percentile``-th percentile of the last ``window`` norms (AutoClip).
 
     Args:
@@ -219,7 +224,7 @@ class PercentileNorm(_Threshold):
 
 
 @export
-class ZScoreNorm(_Threshold):
+class ZScoreNorm(ThresholdRule):
     """Threshold = ``mean + z · std`` of the norm, both exponential moving averages (ZClip).
 
     After ``warmup_steps`` steps (whose norms initialize the mean and the
@@ -348,7 +353,7 @@ class ClipGradients(keras.optimizers.Optimizer):
             threshold = keras.saving.deserialize_keras_object(threshold)
         if rule not in RULES:
             raise ValueError(f"ClipGradients: rule must be one of {RULES}, got {rule!r}")
-        if isinstance(threshold, _Threshold):
+        if isinstance(threshold, ThresholdRule):
             if rule != "global_norm":
                 raise ValueError("ClipGradients: an adaptive threshold needs rule='global_norm'")
         elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
@@ -381,7 +386,7 @@ class ClipGradients(keras.optimizers.Optimizer):
         self.last_norm = scalar("last_norm")
         self.last_threshold = scalar("last_threshold")
         self.rule_state = {}
-        if isinstance(self.threshold, _Threshold):
+        if isinstance(self.threshold, ThresholdRule):
             for key, shape in self.threshold.state_shapes().items():
                 self.rule_state[key] = self.add_variable(
                     shape=shape, dtype="float32", initializer="zeros",
@@ -417,7 +422,7 @@ class ClipGradients(keras.optimizers.Optimizer):
             clipped = adaptive_clip(grads, variables, float(self.threshold))
             return clipped, ops.convert_to_tensor(float(self.threshold), "float32"), \
                 global_norm(clipped) < norm
-        if isinstance(self.threshold, _Threshold):
+        if isinstance(self.threshold, ThresholdRule):
             state = {k: v.value for k, v in self.rule_state.items()}
             limit = self.threshold.threshold(state, self.steps.value)
         else:
@@ -461,7 +466,7 @@ class ClipGradients(keras.optimizers.Optimizer):
 
     def _update_counters(self, norm, finite, limit, was_clipped):
         finite_norm = ops.where(finite, norm, 0.0)
-        if isinstance(self.threshold, _Threshold):
+        if isinstance(self.threshold, ThresholdRule):
             state = {k: v.value for k, v in self.rule_state.items()}
             clipped_norm = ops.minimum(finite_norm, limit)
             new = self.threshold.update(state, finite_norm, clipped_norm, self.steps.value)
@@ -479,7 +484,7 @@ class ClipGradients(keras.optimizers.Optimizer):
 
     def get_config(self):
         threshold = self.threshold
-        if isinstance(threshold, _Threshold):
+        if isinstance(threshold, ThresholdRule):
             threshold = keras.saving.serialize_keras_object(threshold)
         return {"name": self.name,
                 "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
@@ -556,7 +561,7 @@ class ClippingLogs(keras.callbacks.Callback):
             logs["grad_norm"] = norms / steps if steps else float("nan")
             logs["clipped"] = clipped / steps if steps else 0.0
             logs["skipped"] = skipped
-            if isinstance(optimizer.threshold, _Threshold):
+            if isinstance(optimizer.threshold, ThresholdRule):
                 logs["clip_threshold"] = float(ops.convert_to_numpy(optimizer.last_threshold))
         if skipped and optimizer.non_finite == "stop":
             raise NonFiniteGradient(

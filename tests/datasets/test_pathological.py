@@ -323,10 +323,11 @@ def test_the_tasks_are_registered_without_files():
     for name in NAMES:
         datasets.check_files(name)
         assert datasets.required_files(name) == []
-        assert {"length", "max_length", "size", "seed"} <= set(datasets.get(name).options)
+        assert {"length", "max_length", "size", "train_size", "seed"} <= set(
+            datasets.get(name).options)
         assert "Args:" in datasets.get(name).fn.__doc__
     assert set(datasets.get("noiseless_memorization").options) == {
-        "length", "max_length", "size", "seed", "n_values", "n_positions"}
+        "length", "max_length", "size", "train_size", "seed", "n_values", "n_positions"}
 
 
 @pytest.mark.parametrize("options, option", [
@@ -359,3 +360,11 @@ def test_bad_task_and_stream_options_are_refused():
         P.TaskStream("adition", 4, 1)
     with pytest.raises(datasets.DataError, match="has no option 'lenght'; did you mean length"):
         datasets.load("adding", "train", lenght=50)
+
+
+def test_train_size_sets_the_training_split_only():
+    x, y = datasets.load("temporal_order", "train", length=50, size=20, train_size=60, seed=3)
+    xt, yt = datasets.load("temporal_order", "test", length=50, size=20, train_size=60, seed=3)
+    assert (len(x), len(y), len(xt), len(yt)) == (60, 60, 20, 20)
+    with pytest.raises(ValueError, match="train_size must be a positive integer or null, got 0"):
+        datasets.load("temporal_order", "train", train_size=0)

@@ -262,3 +262,21 @@ def test_one_clipped_step_on_two_devices_is_the_single_device_step(backend, tmp_
         assert keras_gap > 1e-3, keras_gap  # per-replica clipping: another step
     else:
         assert keras_gap < 1e-6, keras_gap  # JAX's gradient is global already
+
+
+def test_a_recipe_names_the_wrapper_its_optimizer_and_an_adaptive_threshold():
+    from deepkit.recipe import names
+    from deepkit.recipe.errors import RecipeError
+    from deepkit.recipe.schema import ObjectSpec
+
+    spec = ObjectSpec("ClipGradients", {"optimizer": {"SGD": {"learning_rate": 0.1}},
+                                        "threshold": {"ZScoreNorm": {"z": 3.0}}},
+                      "compile.optimizer.ClipGradients")
+    built = names.build("optimizer", spec)
+    assert isinstance(built, ClipGradients)
+    assert isinstance(built.inner_optimizer, keras.optimizers.SGD)
+    assert isinstance(built.threshold, ZScoreNorm) and built.threshold.z == 3.0
+    bad = ObjectSpec("ClipGradients", {"optimizer": {"SGD": {}}, "threshold": {"ZScore": {}}},
+                     "compile.optimizer.ClipGradients")
+    with pytest.raises(RecipeError, match="unknown name 'ZScore'.*ZScoreNorm"):
+        names.build("optimizer", bad)
