@@ -30,6 +30,13 @@ Private attributes used, and why no public API serves:
   index of a trainable variable in the optimizer's slot lists (`momentums`,
   `velocities`, ...), which an optimizer's `update_step` needs; Keras' own
   optimizers use it and it has no public counterpart.
+- ``keras.optimizers.Optimizer._variables``, ``._trainable_variables`` and
+  ``._iterations`` (`own_optimizer_variables`, `optimizer_trainable_variables`,
+  `count_optimizer_step`): what an optimizer that wraps another one needs, as
+  Keras' own `LossScaleOptimizer` uses them: its own variables without the
+  wrapped optimizer's (the public `variables` of a wrapper holds both), the
+  variables it was built with (`apply(grads)` without variables), and its own
+  step counter (public `iterations` is the wrapped optimizer's).
 
 Undocumented (not underscored) Keras API used:
 
@@ -229,3 +236,37 @@ def rnn_state_variables(layer):
     ):
         raise _changed(attribute, f"it holds {states!r}, not a list of variables")
     return list(states)
+
+
+# -- keras.optimizers.Optimizer._variables / _trainable_variables / _iterations --
+def own_optimizer_variables(optimizer):
+    """The variables an optimizer created itself (``optimizer._variables``).
+
+    Raises:
+        RuntimeError: when Keras has no ``keras.optimizers.Optimizer._variables``.
+    """
+    _require(optimizer, "_variables", "keras.optimizers.Optimizer._variables")
+    return optimizer._variables
+
+
+def optimizer_trainable_variables(optimizer):
+    """The model variables a built optimizer was built with
+    (``optimizer._trainable_variables``).
+
+    Raises:
+        RuntimeError: when Keras has no
+            ``keras.optimizers.Optimizer._trainable_variables``.
+    """
+    _require(optimizer, "_trainable_variables",
+             "keras.optimizers.Optimizer._trainable_variables")
+    return optimizer._trainable_variables
+
+
+def count_optimizer_step(optimizer):
+    """Add one to an optimizer's own step counter (``optimizer._iterations``).
+
+    Raises:
+        RuntimeError: when Keras has no ``keras.optimizers.Optimizer._iterations``.
+    """
+    _require(optimizer, "_iterations", "keras.optimizers.Optimizer._iterations")
+    optimizer._iterations.assign_add(1)

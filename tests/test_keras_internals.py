@@ -254,3 +254,30 @@ def test_the_module_docstring_lists_every_function():
     functions += ["check_rnn_inner_loop"]
     for name in set(functions):
         assert f"`{name}`" in doc, name
+
+
+# -- an optimizer wrapping another: _variables, _trainable_variables, _iterations --
+def test_a_wrapping_optimizers_private_needs():
+    variables = [keras.Variable(np.zeros((2, 3), "float32"))]
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(variables)
+    own = ki.own_optimizer_variables(optimizer)
+    assert [v.path for v in own] == [v.path for v in optimizer.variables]
+    assert ki.optimizer_trainable_variables(optimizer) == variables
+    before = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    ki.count_optimizer_step(optimizer)
+    assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == before + 1
+
+
+@pytest.mark.parametrize("attribute, function", [
+    ("_variables", "own_optimizer_variables"),
+    ("_trainable_variables", "optimizer_trainable_variables"),
+    ("_iterations", "count_optimizer_step"),
+])
+def test_a_wrapping_optimizers_errors_name_the_attribute(attribute, function):
+    class Bare:
+        pass
+
+    with pytest.raises(RuntimeError) as error:
+        getattr(ki, function)(Bare())
+    _assert_names(error, f"keras.optimizers.Optimizer.{attribute}")

@@ -18,7 +18,7 @@ Large-Scale Image Recognition Without Normalization", arXiv:2102.06171
 import keras
 from keras import ops
 
-from deepkit import _distribute
+from deepkit import _distribute, _keras_internals
 from deepkit.export import export
 
 NON_FINITE = ("skip", "shrink", "stop", "apply")
@@ -396,7 +396,8 @@ class ClipGradients(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        return (list(_keras_internals.own_optimizer_variables(self))
+                + list(self.inner_optimizer.variables))
 
     @property
     def learning_rate(self):
@@ -433,7 +434,8 @@ class ClipGradients(keras.optimizers.Optimizer):
         if not self.built:
             self.build(trainable_variables)
             self.built = True
-        variables = list(trainable_variables or self._trainable_variables)
+        variables = list(trainable_variables
+                         or _keras_internals.optimizer_trainable_variables(self))
         grads = list(grads)
         # The global batch's gradient: summed over replicas (a tf.distribute
         # strategy); `spread` turns it back into a per-replica share, which the
@@ -462,7 +464,7 @@ class ClipGradients(keras.optimizers.Optimizer):
                 ]
             _distribute.assign(keep, restored)
         self._update_counters(norm, finite, limit, was_clipped)
-        self._iterations.assign_add(1)
+        _keras_internals.count_optimizer_step(self)
 
     def _update_counters(self, norm, finite, limit, was_clipped):
         finite_norm = ops.where(finite, norm, 0.0)
