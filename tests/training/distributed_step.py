@@ -8,7 +8,9 @@ the backend starts):
 
 Writes the weights after one step for each of: single-device and
 two-replica training, with `ClipGradients` and with Keras' own
-`global_clipnorm`, plus an unclipped step; keys "<optimizer>_<devices>".
+`global_clipnorm`, plus an unclipped step, and a `ClipGradients(Adam)` step
+on a batch with a NaN ("skip": the weights must not move); keys
+"<optimizer>_<devices>".
 """
 
 import os
@@ -47,6 +49,12 @@ def optimizer(kind):
 def step(kind):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.set_weights([KERNEL, BIAS])
+    if kind == "skip":  # a NaN in the last example (the second replica's half)
+        model.compile(ClipGradients(keras.optimizers.Adam(0.1), threshold=THRESHOLD), "mse")
+        x = X.copy()
+        x[-1, 0] = np.nan
+        model.fit(x, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        return [np.asarray(w) for w in model.get_weights()]
     model.compile(optimizer(kind), "mse")
     model.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     return [np.asarray(w) for w in model.get_weights()]
@@ -54,7 +62,7 @@ def step(kind):
 
 def main(out):
     results = {}
-    for kind in ("wrapper", "keras", "plain"):
+    for kind in ("wrapper", "keras", "plain", "skip"):
         if BACKEND == "tensorflow":
             results[f"{kind}_1"] = step(kind)
             strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -68,6 +76,7 @@ def main(out):
             keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
             results[f"{kind}_2"] = step(kind)
             keras.distribution.set_distribution(None)
+    results["initial"] = [KERNEL, BIAS]
     np.savez(out, **{f"{k}_{i}": w for k, ws in results.items() for i, w in enumerate(ws)})
     return 0
 

@@ -255,6 +255,10 @@ def test_one_clipped_step_on_two_devices_is_the_single_device_step(backend, tmp_
     for i in range(2):
         np.testing.assert_allclose(w[f"plain_1_{i}"], w[f"plain_2_{i}"], atol=1e-6)
         np.testing.assert_allclose(w[f"wrapper_1_{i}"], w[f"wrapper_2_{i}"], atol=1e-6)
+    # A NaN in one replica's half of the batch: the step is skipped everywhere.
+    for devices in (1, 2):
+        for i in range(2):
+            np.testing.assert_array_equal(w[f"skip_{devices}_{i}"], w[f"initial_{i}"])
     # The clipped step is not the unclipped one (the threshold acted).
     assert np.abs(w["wrapper_1_0"] - w["plain_1_0"]).max() > 1e-3
     keras_gap = np.abs(w["keras_1_0"] - w["keras_2_0"]).max()
