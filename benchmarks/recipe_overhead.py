@@ -8,7 +8,7 @@ callbacks alone (StopOnNaN reads the loss every batch; RichProgressBar;
 ExactBackupAndRestore writes a checkpoint every epoch), and
 `steps_per_execution=10`. Needs DEEPKIT_DATA.
 
-    DEEPKIT_DATA=../shared/data python benchmarks/recipe_overhead.py
+    DEEPKIT_DATA=/path/to/data python benchmarks/recipe_overhead.py
 """
 
 import os
