@@ -140,6 +140,29 @@ class ClipGradientsTest(TestCase):
         self.assertIs(optimizer.iterations, optimizer.inner_optimizer.iterations)
         self.assertEqual(int(value(optimizer.iterations)), 8)
 
+    def test_value_rule_is_keras_clipvalue_and_unitwise_clips_per_unit(self):
+        x, y = data()
+        ours = model(ClipGradients(keras.optimizers.SGD(0.01), threshold=0.5, rule="value"))
+        theirs = model(keras.optimizers.SGD(0.01, clipvalue=0.5))
+        history = ours.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+                           callbacks=[ClippingLogs()])
+        theirs.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        for u, v in zip(ours.get_weights(), theirs.get_weights()):
+            self.assertAllClose(u, v, atol=1e-6)
+        self.assertEqual(history.history["clipped"], [1.0])
+        # Unit-wise: one step of SGD(1) moves each unit's kernel by at most
+        # clipping x its norm (the bias: clipping x max(|b|, eps)).
+        net = model(ClipGradients(keras.optimizers.SGD(1.0), threshold=0.01, rule="unitwise"))
+        before = [w.copy() for w in net.get_weights()]
+        net.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)
+        for old, new in zip(before, net.get_weights()):
+            moved = np.abs(new - old)
+            if old.ndim == 2:
+                limit = 0.01 * np.maximum(np.sqrt((old ** 2).sum(axis=0)), 1e-3)
+                self.assertTrue(np.all(np.sqrt((moved ** 2).sum(axis=0)) <= limit * (1 + 1e-4)))
+            else:
+                self.assertTrue(np.all(moved <= 0.01 * np.maximum(np.abs(old), 1e-3) * (1 + 1e-4)))
+
     def test_the_logged_norm_is_the_pre_clip_norm(self):
         x, y = data()
         net = model(ClipGradients(keras.optimizers.SGD(0.0), threshold=1e-3))
