@@ -77,6 +77,22 @@ def epoch_seed_state(seed, epoch, index):
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+def set_epoch_state(model, seed, epoch, data=None):
+    """Set what epoch `epoch` draws: the data's order (`data.set_epoch`) and
+    every `SeedGenerator` state of `model`, both from `(seed, epoch)`.
+
+    `ExactBackupAndRestore` calls it at the start of every epoch; so does
+    `deepkit.training.fit_stages` without checkpoints, so that a run's
+    numbers do not depend on whether it is checkpointed.
+    """
+    if data is not None and hasattr(data, "set_epoch"):
+        data.set_epoch(epoch)
+    variables = _keras_internals.seed_state_variables(model)
+    for index, variable in enumerate(variables):
+        value = np.array([epoch_seed_state(seed, epoch, index), 0])
+        variable.assign(value.astype(variable.dtype))
+
+
 @export
 class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` whose resumed runs end exactly as uninterrupted ones.
@@ -144,12 +160,7 @@ class ExactBackupAndRestore(FromConfig, keras.callbacks.BackupAndRestore):
 
     # -- random state -------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
-        if self.data is not None and hasattr(self.data, "set_epoch"):
-            self.data.set_epoch(epoch)
-        variables = _keras_internals.seed_state_variables(self.model)
-        for index, variable in enumerate(variables):
-            value = np.array([epoch_seed_state(self.seed, epoch, index), 0])
-            variable.assign(value.astype(variable.dtype))
+        set_epoch_state(self.model, self.seed, epoch, self.data)
 
     # -- saving -------------------------------------------------------------
     def on_epoch_end(self, epoch, logs=None):

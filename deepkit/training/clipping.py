@@ -297,7 +297,7 @@ class ClipGradients(keras.optimizers.Optimizer):
       being the largest ratio of a unit's gradient norm to its weight norm.
 
     The norm is that of the **global batch's gradient**: under a
-    `tf.distribute` strategy the replicas' gradients are summed before the
+    TensorFlow distribution strategy the replicas' gradients are summed before the
     norm is taken (Keras' own ``global_clipnorm`` clips each replica's part),
     and under JAX's `keras.distribution` the gradient is global already.
 
@@ -437,7 +437,7 @@ class ClipGradients(keras.optimizers.Optimizer):
         variables = list(trainable_variables
                          or _keras_internals.optimizer_trainable_variables(self))
         grads = list(grads)
-        # The global batch's gradient: summed over replicas (a tf.distribute
+        # The global batch's gradient: summed over replicas (a TensorFlow
         # strategy); `spread` turns it back into a per-replica share, which the
         # wrapped optimizer's own cross-replica sum adds up again.
         grads, spread = _distribute.sum_over_replicas(grads)

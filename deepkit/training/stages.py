@@ -28,7 +28,7 @@ import numpy as np
 
 from deepkit import _keras_internals
 from deepkit.callbacks.anneal import AnnealOnPlateau
-from deepkit.callbacks.backup import ExactBackupAndRestore
+from deepkit.callbacks.backup import ExactBackupAndRestore, set_epoch_state
 from deepkit.callbacks.nan_guard import StopOnNaN
 from deepkit.callbacks.reset_states import ResetStates, stateful_layers
 from deepkit.callbacks.stop_at_target import StopAtTarget
@@ -294,23 +294,16 @@ class _Clock(keras.callbacks.Callback):
             _atomic_json(self.path, {"seconds": self.seconds()})
 
 
-class _EpochOrder(ExactBackupAndRestore):
-    """Without checkpoints: the data order and random state of each epoch,
-    set as `ExactBackupAndRestore` sets them (its `on_epoch_begin`), so a
-    run's numbers do not depend on whether it is checkpointed; it saves and
-    restores nothing."""
+class _EpochOrder(keras.callbacks.Callback):
+    """Without checkpoints: each epoch's data order and random state, set as
+    `ExactBackupAndRestore` sets them (`set_epoch_state`)."""
 
     def __init__(self, seed, data):
-        super().__init__("unused", seed=seed, data=data)
+        super().__init__()
+        self.seed, self.data = seed, data
 
-    def on_train_begin(self, logs=None):
-        pass
-
-    def on_epoch_end(self, epoch, logs=None):
-        pass
-
-    def on_train_end(self, logs=None):
-        pass
+    def on_epoch_begin(self, epoch, logs=None):
+        set_epoch_state(self.model, self.seed, epoch, self.data)
 
 
 def _fit_arguments(stage, validation_data, fit_kwargs):
