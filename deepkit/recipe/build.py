@@ -87,9 +87,9 @@ def build_model(recipe, train, built=None):
     return built.model
 
 
-def compile_arguments(recipe, optimizer_spec=None):
-    """Keyword arguments of `model.compile` (with another optimizer for a stage)."""
-    return {**names.build_compile_args(recipe, optimizer_spec), "jit_compile": recipe.jit_compile}
+def compile_arguments(recipe):
+    """Keyword arguments of `model.compile`, `jit_compile` included."""
+    return {**names.build_compile_args(recipe), "jit_compile": recipe.jit_compile}
 
 
 def init_from(model, spec, file=None):

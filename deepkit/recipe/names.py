@@ -295,18 +295,21 @@ def build_model_object(recipe):
     return build("model", spec)
 
 
-def build_compile_args(recipe, optimizer_spec=None):
+def build_compile_args(recipe, make=None):
+    """Keyword arguments of `model.compile` for the recipe's `compile:` section,
+    each object made by `make` (`build` by default; `check_spec` only checks)."""
+    make = make or build
     comp = recipe.compile
     args = dict(comp.options)
-    args["optimizer"] = build("optimizer", optimizer_spec or comp.optimizer)
+    args["optimizer"] = make("optimizer", comp.optimizer)
     if isinstance(comp.loss, dict):
-        args["loss"] = {k: build("loss", v) for k, v in comp.loss.items()}
+        args["loss"] = {k: make("loss", v) for k, v in comp.loss.items()}
     else:
-        args["loss"] = build("loss", comp.loss)
-    args["metrics"] = [build("metric", m) for m in comp.metrics]
+        args["loss"] = make("loss", comp.loss)
+    args["metrics"] = [make("metric", m) for m in comp.metrics]
     if "weighted_metrics" in args:
         args["weighted_metrics"] = [
-            build("metric", object_spec(m, f"compile.weighted_metrics[{i}]", None))
+            make("metric", object_spec(m, f"compile.weighted_metrics[{i}]", None))
             for i, m in enumerate(args["weighted_metrics"])
         ]
     return args
@@ -353,14 +356,7 @@ def validate(recipe, construct=True):
         if recipe.model.model.name == "Sequential":
             build_model_object(recipe)  # the error that names the sequential: form
         make("model", recipe.model.model)
-    comp = recipe.compile
-    make("optimizer", comp.optimizer)
-    for spec in (comp.loss.values() if isinstance(comp.loss, dict) else [comp.loss]):
-        make("loss", spec)
-    for spec in comp.metrics:
-        make("metric", spec)
-    for i, m in enumerate(comp.options.get("weighted_metrics", [])):
-        make("metric", object_spec(m, f"compile.weighted_metrics[{i}]", None))
+    build_compile_args(recipe, make)
     for spec in recipe.fit.callbacks:
         make("callback", spec)
     if recipe.fit.trainer is not None:
