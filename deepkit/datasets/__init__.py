@@ -8,7 +8,9 @@ named by the `DEEPKIT_DATA` environment variable, in the layout of
 `shared/data` (``mnist/train-images-idx3-ubyte.gz``, ``ptb/ptb.train.txt``,
 ``polyphonic/JSB Chorales.pickle``). The synthetic pathological tasks
 (`adding`, `temporal_order`, ... in `deepkit.datasets.pathological`) are
-generated from a seed and need no files.
+generated from a seed and need no files, as does `pentomino` (Gulcehre &
+Bengio's task, `deepkit.datasets.pentomino`; also a TensorFlow Datasets
+builder in `deepkit.datasets.pentomino_tfds`).
 
 Example:
 
@@ -38,7 +40,7 @@ def __getattr__(name):
 # name -> _Entry
 _DATASETS = {}
 # Modules that register loaders; imported on first lookup.
-_MODULES = ("mnist", "pathological", "polyphonic", "ptb")
+_MODULES = ("mnist", "pathological", "pentomino", "polyphonic", "ptb")
 
 
 class DataError(Exception):
