@@ -38,6 +38,23 @@ Private attributes used, and why no public API serves:
   variables it was built with (`apply(grads)` without variables), and its own
   step counter (public `iterations` is the wrapped optimizer's).
 
+- ``keras.Model._loss_tracker`` and, on JAX, ``Model._update_metrics_variables``
+  (`track_loss`, `jax_update_metrics`): a `train_step` written for
+  `VanishingGradientRegularizer` must update the running mean Keras reports
+  as ``loss``, as Keras' own `train_step` does; Keras' guides to custom
+  train steps use ``compile_metrics`` and this tracker's counterpart, and the
+  JAX trainer updates the metric variables statelessly through the private
+  method.
+- ``keras.Model.train_step`` replaced on one model and
+  ``keras.Model.train_function`` reset (`install_train_step`,
+  `restore_train_step`): `fit` builds its training function from
+  ``self.train_step`` in `make_train_function`, which it calls after the
+  `CallbackList` has given each callback the model (`set_model`), and which
+  keeps a function already built in ``self.train_function``. A callback that
+  changes how gradients are made (`VanishingGradientRegularizer`) installs
+  its step in `set_model` and resets the cached function, so that the `fit`
+  it is passed to, and only that one, trains with it.
+
 Undocumented (not underscored) Keras API used:
 
 - ``keras.layers.RNN.inner_loop(sequences, initial_state, mask, training)``
@@ -48,7 +65,10 @@ Undocumented (not underscored) Keras API used:
   `keras.layers.RNN.build` has created the carried state of a stateful layer
   (in `states`, untracked), assigns those variables back to `states` so that
   Keras' attribute tracking makes them non-trainable weights (carried by the
-  stateless training of JAX).
+  stateless training of JAX). `VanishingGradientRegularizer` runs
+  ``keras.layers.RNN.inner_loop`` with a stand-in for ``RNN.cell`` that adds a
+  zero probe to each new state, and with ``RNN.return_sequences`` set for the
+  call (`run_rnn_inner_loop`), to get ∂E/∂h_t at every step.
 
 Helpers here that use public API only:
 
@@ -270,3 +290,81 @@ def count_optimizer_step(optimizer):
     """
     _require(optimizer, "_iterations", "keras.optimizers.Optimizer._iterations")
     optimizer._iterations.assign_add(1)
+
+
+def run_rnn_inner_loop(layer, cell, sequences, initial_state, mask, training=False):
+    """Keras' own `keras.layers.RNN.inner_loop` of ``layer``, run with ``cell``
+    in place of ``layer.cell`` and every step's output returned.
+
+    The stand-in ``cell`` is a callable ``cell(inputs, states) -> (output,
+    new_states)`` (not a Layer, so `inner_loop` passes it no `training`).
+    ``layer.cell`` and ``layer.return_sequences`` are set without Keras'
+    attribute tracking for the call and restored after it.
+
+    Returns:
+        ``(last_output, outputs, new_states)`` as `inner_loop` returns them,
+        with ``outputs`` holding every step.
+
+    Raises:
+        RuntimeError: when `keras.layers.RNN.inner_loop` changed (see
+            `check_rnn_inner_loop`) or ``layer`` has no ``cell``.
+    """
+    check_rnn_inner_loop()
+    _require(layer, "cell", "keras.layers.RNN.cell")
+    saved = layer.__dict__.get("cell"), layer.return_sequences
+    object.__setattr__(layer, "cell", cell)
+    object.__setattr__(layer, "return_sequences", True)
+    try:
+        return keras.layers.RNN.inner_loop(layer, sequences, initial_state, mask,
+                                           training=training)
+    finally:
+        object.__setattr__(layer, "cell", saved[0])
+        object.__setattr__(layer, "return_sequences", saved[1])
+
+
+# -- keras.Model._loss_tracker / _update_metrics_variables ----------------------
+def track_loss(model, loss, x):
+    """Update the running mean Keras reports as ``loss`` (``model._loss_tracker``),
+    weighted by the batch size, as Keras' TensorFlow and torch `train_step` do.
+
+    Raises:
+        RuntimeError: when Keras has no ``keras.Model._loss_tracker``.
+    """
+    _require(model, "_loss_tracker", "keras.Model._loss_tracker")
+    first = next(i for i in keras.tree.flatten(x) if i is not None)
+    model._loss_tracker.update_state(loss, sample_weight=keras.ops.shape(first)[0])
+
+
+def jax_update_metrics(model, metrics_variables, unscaled_loss, x, y, y_pred, sample_weight):
+    """JAX: ``(logs, new_metrics_variables)`` after one training batch, as
+    Keras' JAX `train_step` computes them (``model._update_metrics_variables``).
+
+    Raises:
+        RuntimeError: when the JAX trainer has no ``_update_metrics_variables``.
+    """
+    _require(model, "_update_metrics_variables",
+             "keras.Model._update_metrics_variables (JAX trainer)")
+    return model._update_metrics_variables(metrics_variables, unscaled_loss, x, y, y_pred,
+                                           sample_weight)
+
+
+# -- keras.Model.train_step / train_function ------------------------------------
+def install_train_step(model, step):
+    """Make the next `fit` of ``model`` train with ``step`` instead of its
+    ``train_step`` (called from a callback's `set_model`, before `fit` builds
+    its training function).
+
+    Raises:
+        RuntimeError: when Keras has no ``keras.Model.train_function``.
+    """
+    _require(model, "train_function", "keras.Model.train_function")
+    object.__setattr__(model, "train_step", step)
+    model.train_function = None
+
+
+def restore_train_step(model):
+    """Undo `install_train_step`: the model's own ``train_step`` again, and
+    the training function rebuilt at the next `fit`."""
+    if "train_step" in model.__dict__:
+        object.__delattr__(model, "train_step")
+    model.train_function = None

@@ -281,3 +281,75 @@ def test_a_wrapping_optimizers_errors_name_the_attribute(attribute, function):
     with pytest.raises(RuntimeError) as error:
         getattr(ki, function)(Bare())
     _assert_names(error, f"keras.optimizers.Optimizer.{attribute}")
+
+
+def test_run_rnn_inner_loop_uses_the_stand_in_cell_and_restores_the_layer():
+    layer = keras.layers.SimpleRNN(3, return_sequences=False)
+    x = np.random.default_rng(0).normal(size=(2, 4, 5)).astype("float32")
+    layer(x)
+    cell = layer.cell
+    calls = []
+
+    def stand_in(inputs, states):
+        calls.append(inputs.shape)
+        out, new = cell(inputs, states)
+        return out + 1.0, [out + 1.0]
+
+    init = [keras.ops.zeros((2, 3))]
+    last, outputs, _ = ki.run_rnn_inner_loop(layer, stand_in, keras.ops.convert_to_tensor(x),
+                                             init, None)
+    assert tuple(outputs.shape) == (2, 4, 3)          # every step, not only the last
+    np.testing.assert_allclose(np.asarray(last), np.asarray(outputs)[:, -1])
+    h = np.zeros((2, 3), "float32")
+    K, R, b = (np.asarray(v) for v in (cell.kernel, cell.recurrent_kernel, cell.bias))
+    for t in range(4):
+        h = np.tanh(x[:, t] @ K + b + h @ R) + 1.0
+    np.testing.assert_allclose(np.asarray(last), h, rtol=1e-5, atol=1e-5)
+    assert layer.cell is cell and layer.return_sequences is False and calls
+
+
+def test_install_train_step_is_used_by_the_next_fit_and_restored():
+    model = _dense_model()
+    x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")
+    model.fit(x, y, verbose=0)
+    seen = []
+
+    def step(data):
+        seen.append(1)
+        return {"seven": keras.ops.convert_to_tensor(7.0)}
+
+    if keras.backend.backend() == "jax":
+        def step(state, data):  # noqa: F811
+            seen.append(1)
+            return {"seven": keras.ops.convert_to_tensor(7.0)}, state
+    ki.install_train_step(model, step)
+    history = model.fit(x, y, verbose=0, batch_size=4)
+    assert seen and history.history["seven"] == [7.0]
+    ki.restore_train_step(model)
+    assert "train_step" not in model.__dict__ and model.train_function is None
+    assert "seven" not in model.fit(x, y, verbose=0, batch_size=4).history
+
+
+def test_track_loss_updates_the_reported_loss():
+    model = _dense_model()
+    x = np.ones((4, 3), "float32")
+    model.fit(x, np.zeros((4, 2), "float32"), verbose=0)
+    model.reset_metrics()
+    ki.track_loss(model, keras.ops.convert_to_tensor(2.0), x)
+    ki.track_loss(model, keras.ops.convert_to_tensor(4.0), x[:2])
+    assert float(model.get_metrics_result()["loss"]) == pytest.approx((2 * 4 + 4 * 2) / 6)
+
+
+def test_new_internals_errors_name_the_attribute():
+    class Bare:
+        pass
+
+    with pytest.raises(RuntimeError) as error:
+        ki.track_loss(Bare(), 1.0, np.ones((1, 1)))
+    _assert_names(error, "keras.Model._loss_tracker")
+    with pytest.raises(RuntimeError) as error:
+        ki.install_train_step(Bare(), None)
+    _assert_names(error, "keras.Model.train_function")
+    with pytest.raises(RuntimeError) as error:
+        ki.jax_update_metrics(Bare(), [], 0.0, None, None, None, None)
+    _assert_names(error, "keras.Model._update_metrics_variables (JAX trainer)")

@@ -10,3 +10,5 @@ from deepkit.training.clipping import (AverageNorm, ClipGradients, ClippingLogs,
                                        PercentileNorm, ThresholdRule, ZScoreNorm,
                                        adaptive_clip, clip_by_global_norm, clip_by_value,
                                        global_norm)
+from deepkit.training.vanishing import (VanishingGradientRegularizer, backproject,
+                                        vanishing_penalty)
