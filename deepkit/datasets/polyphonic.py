@@ -162,13 +162,17 @@ def load_pieces(name, split):
 
 
 def _make_loader(name):
-    def loader(split, *, max_length=None, first_frame=False, limit=None):
+    def loader(split, *, max_length=None, train_max_length=None, first_frame=False, limit=None):
         """One split of the piano rolls, for next-frame prediction.
 
         Args:
             split: "train", "valid" or "test".
             max_length: cut pieces into subsequences of at most this many
                 steps (independent examples); None: whole pieces.
+            train_max_length: the same for the training split only, so
+                that a model trains on short subsequences (more updates per
+                epoch) and is evaluated on whole pieces; it overrides
+                `max_length` there.
             first_frame: also predict each piece's first frame (from an
                 all-zero input frame).
             limit: keep only the first `limit` pieces (smoke runs).
@@ -178,8 +182,11 @@ def _make_loader(name):
             (frames 0 … T−2 and 1 … T−1) and the mask of real frames
             `(n, steps)`.
         """
-        if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
-            raise datasets.DataError(f"max_length must be a positive integer, got {max_length!r}")
+        for option, value in (("max_length", max_length), ("train_max_length", train_max_length)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise datasets.DataError(f"{option} must be a positive integer, got {value!r}")
+        if split == "train" and train_max_length is not None:
+            max_length = train_max_length
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise datasets.DataError(f"limit must be a positive integer, got {limit!r}")
         pieces = load_pieces(name, split)

@@ -33,7 +33,7 @@ def test_fixtures_are_the_files_the_script_writes_and_small():
         [f"mnist/{name}" for name in make.MNIST]
         + [f"ptb/{pattern.format(s)}" for pattern, _, _ in make.PTB.values()
            for s in ("train", "valid", "test")]
-        + [f"polyphonic/{make.MUSIC_FILE}"]
+        + [f"polyphonic/{name}" for name in make.MUSIC_FILES]
     )
     assert _files(DATA) == expected
     for name in expected:

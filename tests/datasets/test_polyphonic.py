@@ -52,7 +52,8 @@ class PolyphonicFixtureFilesTest(TestCase):
             self.assertIn(name, datasets.names())
             self.assertEqual(
                 datasets.get(name).options,
-                {"max_length": None, "first_frame": False, "limit": None},
+                {"max_length": None, "train_max_length": None, "first_frame": False,
+                 "limit": None},
             )
 
     def test_pieces_are_the_files_pieces(self):
@@ -101,6 +102,17 @@ class PolyphonicFixtureFilesTest(TestCase):
         rows = -(-(len(pieces[0]) - 1) // 20)
         joined = x[:rows].reshape(-1, 88)[: len(pieces[0]) - 1]
         self.assertAllEqual(joined, polyphonic.piano_roll(pieces[0])[:-1])
+
+    def test_train_max_length_cuts_only_the_training_pieces(self):
+        k = min(4, len(self.raw("train")) - 1)
+        cut = datasets.load("jsb_chorales", "train", train_max_length=20, limit=k)
+        self.assertAllEqual(cut[0], datasets.load("jsb_chorales", "train", max_length=20,
+                                                  limit=k)[0])
+        for split in ("valid", "test"):
+            whole = datasets.load("jsb_chorales", split, train_max_length=20, limit=k)
+            self.assertAllEqual(whole[0], datasets.load("jsb_chorales", split, limit=k)[0])
+        with self.assertRaises(datasets.DataError):
+            datasets.load("jsb_chorales", "train", train_max_length=0)
 
     def test_first_frame_predicts_every_frame(self):
         k = min(3, len(self.raw("test")) - 1)
