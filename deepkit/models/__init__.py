@@ -1,3 +1,4 @@
 """deepkit.models."""
 from deepkit.models.conditional import ConditionalGatedMLP
 from deepkit.models.hard_mixture import HardParallelMixture
+from deepkit.models.gsn import GSN, DenoisingAutoencoder
