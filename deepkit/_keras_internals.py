@@ -368,3 +368,81 @@ def restore_train_step(model):
     if "train_step" in model.__dict__:
         object.__delattr__(model, "train_step")
     model.train_function = None
+
+
+# -- keras.Model.test_step / test_function, and installed steps -----------------
+# Used by `deepkit.training.LossWeightScheduler`, which wraps the model's own
+# training and evaluation steps so that `ScheduledLoss` gets the optimizer's
+# step: `fit` and `evaluate` build their functions from ``self.train_step`` /
+# ``self.test_step`` in `make_train_function` / `make_test_function` and keep
+# a function already built in ``self.train_function`` / ``self.test_function``
+# (undocumented, not underscored). A step is installed as an instance
+# attribute; `installed_step` tells one installed that way from the class's.
+def install_test_step(model, step):
+    """Make the next `evaluate` (or the validation of a `fit`) of ``model``
+    run ``step`` instead of its ``test_step``.
+
+    Raises:
+        RuntimeError: when Keras has no ``keras.Model.test_function``.
+    """
+    _require(model, "test_function", "keras.Model.test_function")
+    object.__setattr__(model, "test_step", step)
+    model.test_function = None
+
+
+def restore_test_step(model):
+    """Undo `install_test_step`: the model's own ``test_step`` again, and the
+    evaluation function rebuilt at the next `evaluate`."""
+    if "test_step" in model.__dict__:
+        object.__delattr__(model, "test_step")
+    model.test_function = None
+
+
+def installed_step(model, name):
+    """The ``train_step`` or ``test_step`` (``name``) installed on ``model``
+    itself by `install_train_step` / `install_test_step`, or None when the
+    model runs its class's own."""
+    if name not in ("train_step", "test_step"):
+        raise ValueError(f"installed_step: name must be 'train_step' or 'test_step', got {name!r}")
+    return model.__dict__.get(name)
+
+
+# -- keras.src.backend.common.symbolic_scope.in_symbolic_scope ------------------
+def in_symbolic_scope():
+    """Whether Keras is tracing shapes only (``backend.compute_output_spec``,
+    as `fit` does to build a compiled loss before training), not computing.
+
+    Public Keras has the scope (``keras.SymbolicScope``) but not the test of
+    whether one is active; this reads
+    ``keras.src.backend.common.symbolic_scope.in_symbolic_scope``.
+
+    Raises:
+        RuntimeError: when that function is gone.
+    """
+    try:
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope as active
+    except ImportError:
+        raise _changed("keras.src.backend.common.symbolic_scope.in_symbolic_scope") from None
+    return bool(active())
+
+
+# The functions added above, in the list of the module docstring (kept here,
+# beside them, while the top of this file is edited by others).
+__doc__ += """
+Added for `deepkit.training.LossWeightScheduler` (`ScheduledLoss` weights
+that follow the optimizer's step):
+
+- ``keras.Model.test_step`` replaced on one model and
+  ``keras.Model.test_function`` reset (`install_test_step`,
+  `restore_test_step`), as `install_train_step` does for training: the
+  scheduler wraps the evaluation step too, so that validation losses are
+  weighted at the current step. `installed_step` reads which step is
+  installed on the model itself (``model.__dict__``), so that the scheduler
+  wraps, and afterwards puts back, a step another callback installed.
+- ``keras.src.backend.common.symbolic_scope.in_symbolic_scope``
+  (`in_symbolic_scope`): `fit` builds its compiled loss by tracing shapes
+  only (``backend.compute_output_spec`` in a ``keras.SymbolicScope``), outside
+  any training step; a `ScheduledLoss` then has no step to read and uses
+  step 0, while anywhere else a missing step is an error. Public Keras
+  exports the scope class, not the test of whether one is active.
+"""

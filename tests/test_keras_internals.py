@@ -353,3 +353,51 @@ def test_new_internals_errors_name_the_attribute():
     with pytest.raises(RuntimeError) as error:
         ki.jax_update_metrics(Bare(), [], 0.0, None, None, None, None)
     _assert_names(error, "keras.Model._update_metrics_variables (JAX trainer)")
+
+
+# -- keras.Model.test_step / test_function, installed steps, symbolic scope -----
+def test_install_test_step_is_used_by_the_next_evaluate_and_restored():
+    model = _dense_model()
+    x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")
+    model.evaluate(x, y, verbose=0)
+    assert ki.installed_step(model, "test_step") is None
+
+    def step(data):
+        return {"seven": keras.ops.convert_to_tensor(7.0)}
+
+    if keras.backend.backend() == "jax":
+        def step(state, data):  # noqa: F811
+            return {"seven": keras.ops.convert_to_tensor(7.0)}, state
+    ki.install_test_step(model, step)
+    assert ki.installed_step(model, "test_step") is step and model.test_function is None
+    assert model.evaluate(x, y, verbose=0, return_dict=True) == {"seven": 7.0}
+    ki.restore_test_step(model)
+    assert ki.installed_step(model, "test_step") is None and model.test_function is None
+    assert "seven" not in model.evaluate(x, y, verbose=0, return_dict=True)
+    with pytest.raises(ValueError):
+        ki.installed_step(model, "predict_step")
+
+
+def test_in_symbolic_scope_is_true_only_while_keras_traces_shapes():
+    seen = []
+
+    class Probe(keras.layers.Layer):
+        def call(self, x):
+            seen.append(ki.in_symbolic_scope())
+            return x
+
+    assert ki.in_symbolic_scope() is False
+    Probe()(keras.Input((3,)))  # shapes only: Keras' compute_output_spec
+    Probe()(np.ones((2, 3), "float32"))
+    with keras.SymbolicScope():
+        assert ki.in_symbolic_scope() is True
+    assert seen == [True, False] and ki.in_symbolic_scope() is False
+
+
+def test_test_step_internals_errors_name_the_attribute():
+    class Bare:
+        pass
+
+    with pytest.raises(RuntimeError) as error:
+        ki.install_test_step(Bare(), None)
+    _assert_names(error, "keras.Model.test_function")

@@ -12,3 +12,4 @@ from deepkit.training.clipping import (AverageNorm, ClipGradients, ClippingLogs,
                                        global_norm)
 from deepkit.training.vanishing import (VanishingGradientRegularizer, backproject,
                                         vanishing_penalty)
+from deepkit.training.loss_weights import LinearRamp, LossWeightScheduler, ScheduledLoss, loss_weight_step
