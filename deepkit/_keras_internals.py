@@ -55,6 +55,20 @@ Private attributes used, and why no public API serves:
   its step in `set_model` and resets the cached function, so that the `fit`
   it is passed to, and only that one, trains with it.
 
+- ``keras.Model.test_step`` replaced on one model and
+  ``keras.Model.test_function`` reset (`install_test_step`,
+  `restore_test_step`), as `install_train_step` does for training: the
+  `LossWeightScheduler` (of `ScheduledLoss` weights) wraps the evaluation
+  step too, so that validation losses are weighted at the current step. `installed_step` reads which step is
+  installed on the model itself (``model.__dict__``), so that the scheduler
+  wraps, and afterwards puts back, a step another callback installed.
+- ``keras.src.backend.common.symbolic_scope.in_symbolic_scope``
+  (`in_symbolic_scope`): `fit` builds its compiled loss by tracing shapes
+  only (``backend.compute_output_spec`` in a ``keras.SymbolicScope``), outside
+  any training step; a `ScheduledLoss` then has no step to read and uses
+  step 0, while anywhere else a missing step is an error. Public Keras
+  exports the scope class, not the test of whether one is active.
+
 Undocumented (not underscored) Keras API used:
 
 - ``keras.layers.RNN.inner_loop(sequences, initial_state, mask, training)``
@@ -425,24 +439,3 @@ def in_symbolic_scope():
         raise _changed("keras.src.backend.common.symbolic_scope.in_symbolic_scope") from None
     return bool(active())
 
-
-# The functions added above, in the list of the module docstring (kept here,
-# beside them, while the top of this file is edited by others).
-__doc__ += """
-Added for `deepkit.training.LossWeightScheduler` (`ScheduledLoss` weights
-that follow the optimizer's step):
-
-- ``keras.Model.test_step`` replaced on one model and
-  ``keras.Model.test_function`` reset (`install_test_step`,
-  `restore_test_step`), as `install_train_step` does for training: the
-  scheduler wraps the evaluation step too, so that validation losses are
-  weighted at the current step. `installed_step` reads which step is
-  installed on the model itself (``model.__dict__``), so that the scheduler
-  wraps, and afterwards puts back, a step another callback installed.
-- ``keras.src.backend.common.symbolic_scope.in_symbolic_scope``
-  (`in_symbolic_scope`): `fit` builds its compiled loss by tracing shapes
-  only (``backend.compute_output_spec`` in a ``keras.SymbolicScope``), outside
-  any training step; a `ScheduledLoss` then has no step to read and uses
-  step 0, while anywhere else a missing step is an error. Public Keras
-  exports the scope class, not the test of whether one is active.
-"""
