@@ -1,9 +1,10 @@
-"""The `deepkit` command: run, show, list and compare recipes.
+"""The `deepkit` command: run, show, list and compare recipes; draw a run's samples.
 
     deepkit run RECIPE [--set k=v ...] [--smoke] [--backend B] [--run-dir DIR] [--debug]
     deepkit show RECIPE [--set k=v ...] [--smoke]
     deepkit list
     deepkit report RUN_DIR...
+    deepkit sample RUN_DIR [--out DIR] [--seed S] [--steps N] [--chains C] [--backend B]
 
 A recipe is read and its structure checked before Keras is imported; Keras is
 imported once the backend is chosen (`--backend`, else the recipe's
@@ -242,6 +243,68 @@ def cmd_report(args):
     return 0
 
 
+def _run_backend(run_dir):
+    """The backend a run directory's env.json names, or None."""
+    import json
+
+    try:
+        return json.loads((Path(run_dir) / "env.json").read_text()).get("backend")
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_sample(args):
+    """Pictures of a trained GSN or DAE run: samples, inpainting, nearest images."""
+    run_dir = Path(args.run_dir)
+    model_file, recipe_file = run_dir / "model.keras", run_dir / "recipe.yaml"
+    if not model_file.is_file():
+        raise RecipeError(f"{run_dir}: no model.keras (expected the directory of a finished "
+                          "`deepkit run` of a GSN or DenoisingAutoencoder recipe)")
+    if not recipe_file.is_file():
+        raise RecipeError(f"{run_dir}: no recipe.yaml, so the data of the run are unknown")
+    for name in ("steps", "chains", "columns"):
+        if getattr(args, name) < 1:
+            raise RecipeError(f"--{name} must be a positive integer, found {getattr(args, name)}")
+    if args.columns > args.steps:
+        raise RecipeError(f"--columns ({args.columns}) must not exceed --steps ({args.steps})")
+    if args.out:
+        _check_run_dir(args.out)
+    from deepkit.recipe import schema
+    from deepkit.recipe.loading import read
+
+    recipe = schema.parse(read(recipe_file), file=str(recipe_file))
+    args.backend = args.backend or _run_backend(run_dir)
+    _set_backend(args)
+    import keras
+
+    from deepkit import export
+    from deepkit.models import GSN, DenoisingAutoencoder
+    from deepkit.recipe import build, generative
+
+    export.load_all()
+    try:
+        model = keras.saving.load_model(str(model_file), compile=False, safe_mode=True)
+    except Exception as error:  # a broken or foreign file: say which, no traceback
+        raise RecipeError(f"could not load {model_file}: {type(error).__name__}: "
+                          f"{(str(error).splitlines() or [''])[0][:300]}") from None
+    if not isinstance(model, (GSN, DenoisingAutoencoder)):
+        raise RecipeError(f"{model_file} holds a {type(model).__name__}, not a GSN or "
+                          "DenoisingAutoencoder: `deepkit sample` needs a model with a "
+                          "sampling chain")
+    splits = build.load_splits(recipe)
+    if splits["test"] is None:
+        raise RecipeError(f"the run's data ({recipe.data.dataset}) give no test split")
+    out = Path(args.out) if args.out else run_dir
+    paths, distances = generative.sample_pictures(
+        model, splits["test"][0], splits["train"][0], out, seed=args.seed, steps=args.steps,
+        chains=args.chains, columns=args.columns, start=args.start)
+    for path in paths:
+        print(path)
+    console.print(f"nearest training image of the {len(distances)} grid samples: mean "
+                  f"distance {distances.mean():.3f}, min {distances.min():.3f}")
+    return 0
+
+
 def parser():
     p = _Parser(prog="deepkit", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -276,6 +339,23 @@ def parser():
     sp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     sp.add_argument("--debug", action="store_true")
     sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("sample", help="pictures of a trained GSN or DAE run: chain samples, "
+                                       "inpainting, nearest training images")
+    sp.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's directory")
+    sp.add_argument("--out", help="folder of the pictures (default: RUN_DIR)")
+    sp.add_argument("--seed", type=int, default=1, help="the chains' seed (default 1)")
+    sp.add_argument("--steps", type=int, default=100, help="chain steps (default 100)")
+    sp.add_argument("--chains", type=int, default=10,
+                    help="chains, one row each, and inpainted digits (default 10)")
+    sp.add_argument("--columns", type=int, default=10,
+                    help="pictures per chain, evenly spaced steps (default 10)")
+    sp.add_argument("--start", choices=("test", "noise"), default="test",
+                    help="start the chains from test digits (default) or from noise")
+    sp.add_argument("--backend", choices=tuple(_BACKEND_PACKAGES),
+                    help="default: the run's own backend (its env.json)")
+    sp.add_argument("--debug", action="store_true", help="show tracebacks")
+    sp.set_defaults(func=cmd_sample)
     return p
 
 

@@ -9,3 +9,4 @@ from deepkit.callbacks.expert_load import ExpertLoad
 from deepkit.callbacks.interrupt import StopOnInterrupt, TrainingInterrupted
 from deepkit.callbacks.time_limit import TimeLimit
 from deepkit.callbacks.reset_states import ResetStates, reset_states, stateful_layers
+from deepkit.callbacks.sample_grid import SampleGrid

@@ -9,3 +9,4 @@ from deepkit.metrics.parzen import (
     parzen_log_likelihood,
     select_sigma,
 )
+from deepkit.metrics.csl import csl_log_likelihood

@@ -6,6 +6,7 @@ runner only orchestrates them.
 """
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any, Optional
 
@@ -55,11 +56,12 @@ class Objects:
     stages: list
 
 
-def objects(recipe, time_limit=None):
+def objects(recipe, time_limit=None, run_dir=None):
     """Build every object of `recipe` once (see `Objects`).
 
     Call it right after the run's seed is set: layers draw their default
-    seeds when they are built, in the order of the recipe.
+    seeds when they are built, in the order of the recipe. With `run_dir`,
+    callbacks' folders are placed in it (see `callbacks`).
     """
     try:
         if recipe.model.sequential is not None:
@@ -67,7 +69,8 @@ def objects(recipe, time_limit=None):
         else:
             layers, model = None, names.build_model_object(recipe)
         arguments = compile_arguments(recipe)
-        return Objects(layers, model, arguments, stages(recipe, time_limit, arguments))
+        return Objects(layers, model, arguments,
+                       stages(recipe, time_limit, arguments, run_dir))
     except RecipeError as e:  # a constructor's own argument check
         raise e.at(file=recipe.file) from None
 
@@ -137,20 +140,52 @@ def _time_limit(callbacks, minutes):
     return callbacks + ([TimeLimit(minutes)] if minutes is not None else [])
 
 
-def stages(recipe, time_limit=None, compile=None):
+# Callback arguments that name a folder to write into.
+_FOLDER_ARGUMENTS = ("directory", "log_dir")
+
+
+def callbacks(specs, run_dir=None):
+    """The callbacks of `specs`, built, with their folders in `run_dir`.
+
+    A callback argument named `directory` or `log_dir` that is a relative
+    path (given in the recipe or by default, such as TensorBoard's "logs")
+    is taken relative to the run directory, and a `directory` left at None
+    (SampleGrid's) is the run directory itself, so that a run's pictures and
+    logs stay in its folder.
+    """
+    if run_dir is None:
+        return names.build_callbacks(specs)
+    out = []
+    for spec in specs:
+        parameters = inspect.signature(names.resolve("callback", spec).__init__).parameters
+        config = dict(spec.config)
+        for key in _FOLDER_ARGUMENTS:
+            if key not in parameters:
+                continue
+            value = config.get(key, parameters[key].default)
+            if value is None and key == "directory":
+                config[key] = str(run_dir)
+            elif isinstance(value, str) and not Path(value).expanduser().is_absolute():
+                config[key] = str(Path(run_dir) / value)
+        out.append(names.build("callback", dataclasses.replace(spec, config=config)))
+    return out
+
+
+def stages(recipe, time_limit=None, compile=None, run_dir=None):
     """The recipe's `fit:` and `stages:` as `deepkit.training.Stage` objects.
 
     The first stage trains with the model's compiled state; a later stage
     with an `optimizer:` is compiled anew with it and the loss and metrics
     of `compile` (the recipe's compile arguments, built here if not given).
-    `time_limit` (minutes) adds a `TimeLimit` to every stage.
+    `time_limit` (minutes) adds a `TimeLimit` to every stage; `run_dir`
+    places the callbacks' folders (`callbacks`).
     """
     fit = recipe.fit
     if compile is None and any(spec.optimizer is not None for spec in recipe.stages):
         compile = compile_arguments(recipe)
     trainer = names.build("trainer", fit.trainer) if fit.trainer is not None else None
     out = [Stage(name="main", epochs=fit.epochs, trainer=trainer,
-                 callbacks=_time_limit(names.build_callbacks(fit.callbacks), time_limit))]
+                 callbacks=_time_limit(callbacks(fit.callbacks, run_dir), time_limit))]
     for i, spec in enumerate(recipe.stages, start=1):
         until = None
         if spec.until is not None:
@@ -160,6 +195,6 @@ def stages(recipe, time_limit=None, compile=None):
             name=spec.name, epochs=spec.epochs,
             compile=None if spec.optimizer is None else {
                 **compile, "optimizer": names.build("optimizer", spec.optimizer)},
-            callbacks=_time_limit(names.build_callbacks(spec.callbacks), time_limit),
+            callbacks=_time_limit(callbacks(spec.callbacks, run_dir), time_limit),
             until=until, merge_validation=spec.merge_validation))
     return out

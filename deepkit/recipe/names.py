@@ -302,7 +302,9 @@ def build_compile_args(recipe, make=None):
     comp = recipe.compile
     args = dict(comp.options)
     args["optimizer"] = make("optimizer", comp.optimizer)
-    if isinstance(comp.loss, dict):
+    if comp.loss is None:  # `loss: null`: a model that defines its own loss
+        args["loss"] = None
+    elif isinstance(comp.loss, dict):
         args["loss"] = {k: make("loss", v) for k, v in comp.loss.items()}
     else:
         args["loss"] = make("loss", comp.loss)

@@ -133,6 +133,7 @@ def markdown(results):
         f"- machine: {env.get('machine', '')}",
         f"- command: {' '.join(env.get('command', []))}",
     ]
+    lines += chain_evaluation_lines(results.get("generative"))
     source = results.get("init_from")
     if source:
         metrics = ", ".join(f"{k} {format_value(k, v)}" for k, v in
@@ -143,6 +144,46 @@ def markdown(results):
                         else "") + (f"; {metrics}" if metrics else "") + ")")
     lines.append("")
     return "\n".join(lines)
+
+
+def chain_evaluation_lines(details):
+    """report.md lines on how a chain evaluation's numbers were made
+    (`deepkit.recipe.generative`), or none."""
+    if not details:
+        return []
+    chain = details["chain"]
+    lines = ["", "## Chain evaluation", "",
+             f"- chain: {chain['chains']} chain(s) of {chain['steps']} steps from "
+             f"{chain['start']} (seed {chain['seed']}), every step's mean p(x) a sample: "
+             f"{chain['samples']} samples, {chain['seconds']:.0f} s"]
+    parzen = details.get("parzen")
+    if parzen:
+        how = (f"chosen on {parzen['select_on']}" if parzen.get("sigma_table")
+               else "fixed by the recipe")
+        lines.append(f"- Parzen window: sigma {parzen['sigma']:g} ({how}), {parzen['samples']} "
+                     f"samples, {parzen['rows']} {parzen['data']} rows, {parzen['seconds']:.0f} s")
+        for sigma, value in parzen.get("sigma_table") or ():
+            lines.append(f"  - sigma {sigma:g}: {value:.2f} on {parzen['select_on']}")
+    csl = details.get("csl")
+    if csl:
+        lines.append(f"- CSL (Bengio, Yao & Cho 2013): {csl['hidden_states']} hidden states of "
+                     f"the chain, {csl['rows']} {csl['data']} rows"
+                     + (" thresholded at 0.5" if csl.get("binarize") else "")
+                     + f", {csl['seconds']:.0f} s")
+    nearest = details.get("nearest")
+    if nearest:
+        lines.append(f"- nearest training image of each of the {nearest['samples']} samples "
+                     f"among {nearest['train_rows']}"
+                     + (f"; test_nearest_distance_mean: the same for {nearest['baseline_rows']} "
+                        "test images" if nearest.get("baseline_rows") else ""))
+        if nearest.get("picture"):
+            lines.append(f"- ![samples above their nearest training images]"
+                         f"({nearest['picture']}) (distances "
+                         f"{', '.join(f'{d:.2f}' for d in nearest['picture_distances'])})")
+    for picture in details.get("pictures") or ():
+        if not nearest or picture != nearest.get("picture"):
+            lines.append(f"- ![{picture}]({picture})")
+    return lines
 
 
 def load_results(run_dir):

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from deepkit.callbacks import (RichProgressBar, StopOnInterrupt, TrainingInterrupted,
                                reset_states, stateful_layers)
-from deepkit.recipe import build, report, rundir
+from deepkit.recipe import build, generative, report, rundir
 from deepkit.recipe.errors import RecipeError, RunDiverged, RunFailed, RunInterrupted
 from deepkit.training.stages import StageError, TrainingDiverged, fit_stages
 
@@ -97,9 +97,10 @@ class Runner:
             keras.mixed_precision.set_global_policy("mixed_float16")
         # Every object once, then the data, before anything is written: a bad
         # argument or a data error leaves no run directory.
-        built = build.objects(recipe, self.time_limit)
+        built = build.objects(recipe, self.time_limit, self.run_dir)
         splits = build.load_splits(recipe)
         model = build.build_model(recipe, splits["train"], built)
+        generative.check(recipe, splits, model)
         # Also before anything is written, so a bad init_from leaves no run
         # directory; a resumed run gets its weights from the checkpoint instead.
         if spec is not None and not resumed:
@@ -121,8 +122,16 @@ class Runner:
                 kwargs["validation_batch_size"] = self.recipe.data.batch_size
         return kwargs
 
+    def _model_data(self, splits):
+        """The splits as `fit` and `evaluate` take them: the inputs alone for a
+        model with its own loss (`compile.loss: null`, a GSN), else all arrays."""
+        if self.recipe.compile.loss is not None:
+            return splits
+        return {k: None if v is None else v[:1] for k, v in splits.items()}
+
     def _train(self, model, stages, splits, env):
         recipe, ckpt = self.recipe, self.run_dir / "checkpoints"
+        splits = self._model_data(splits)
         progress = RichProgressBar(batch_size=recipe.data.batch_size, console=self.console)
         try:
             results = fit_stages(
@@ -157,17 +166,24 @@ class Runner:
                 f"{self.run_dir / 'checkpoints' / f'stage-{index}'}")
 
     def _evaluate(self, model, splits):
-        metrics = {}
+        """(metrics, details of the chain evaluation or None)."""
+        metrics, details = {}, None
+        data = self._model_data(splits)
         for split in self.recipe.evaluate.splits:
-            if splits.get(split) is None:
+            if data.get(split) is None:
                 continue
-            x, y, *weights = splits[split]
+            x, y, *weights = data[split] + (None,) * (2 - len(data[split]))
             reset_states(model)
             values = model.evaluate(x, y, sample_weight=weights[0] if weights else None,
                                     batch_size=self.recipe.data.batch_size, verbose=0,
                                     return_dict=True)
             metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
-        return report.derived_metrics(metrics)
+        if generative.enabled(self.recipe.evaluate):
+            numbers, details = generative.evaluate(model, splits, self.recipe.evaluate,
+                                                   self.recipe.seed, self.run_dir,
+                                                   log=self.console.print)
+            metrics.update(numbers)
+        return report.derived_metrics(metrics), details
 
     def run(self):
         """Train, evaluate, save and report; returns the results dict."""
@@ -179,10 +195,11 @@ class Runner:
         splits, model, stages = self._prepare_model(resumed)
         env = rundir.write_environment(self.run_dir, recipe, self.command, resumed)
         stages = self._train(model, stages, splits, env)
-        metrics = self._evaluate(model, splits)
+        # Saved before the evaluation, which may run for minutes (a chain).
         tmp = self.run_dir / "model.tmp.keras"
         model.save(str(tmp))
         os.replace(tmp, self.run_dir / "model.keras")
+        metrics, chain_evaluation = self._evaluate(model, splits)
         results = {
             "name": recipe.name,
             "status": "finished",
@@ -193,6 +210,8 @@ class Runner:
             "wall_time_s": sum(s.seconds for s in stages),
             "env": env,
         }
+        if chain_evaluation is not None:
+            results["generative"] = chain_evaluation
         source = self._source_summary()
         if source is not None:
             results["init_from"] = source

@@ -46,7 +46,7 @@ class ModelSpec:
 @dataclasses.dataclass(frozen=True)
 class CompileSpec:
     optimizer: Any  # ObjectSpec
-    loss: Any  # ObjectSpec, or a mapping output name -> ObjectSpec
+    loss: Any  # ObjectSpec, a mapping output name -> ObjectSpec, or None (the model's own)
     metrics: tuple  # of ObjectSpec
     options: dict  # other compile() arguments
 
@@ -62,7 +62,16 @@ class FitSpec:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateSpec:
+    """`evaluate:`: the loss and metrics on `splits`, and for a model with a
+    sampling chain (GSN, DenoisingAutoencoder) the chain's evaluation: each a
+    dict of checked options with defaults filled in, or None (see
+    `GENERATIVE_KEYS` and `deepkit.recipe.generative`)."""
+
     splits: tuple
+    chain: Optional[dict] = None
+    parzen: Optional[dict] = None
+    csl: Optional[dict] = None
+    nearest: Optional[dict] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +158,20 @@ STAGE_KEYS = {
     "callbacks": list,
     "until": dict,
 }
+
+
+# The chain evaluation of `evaluate:` (deepkit.recipe.generative): for each
+# block, its keys with their type and default (None: no default).
+GENERATIVE_KEYS = {
+    "chain": {"steps": (int, None), "chains": (int, 1), "start": (str, "test"),
+              "seed": (int, None)},
+    "parzen": {"sigma": (float, None), "sigmas": (list, None), "select_on": (str, "valid"),
+               "data": (str, "test"), "limit": (int, None), "chunk_size": (int, 1000)},
+    "csl": {"data": (str, "test"), "limit": (int, None), "binarize": (bool, False),
+            "chunk_size": (int, 1000)},
+    "nearest": {"pictures": (int, 20), "baseline": (int, 1000)},
+}
+_NON_NEGATIVE = ("pictures", "baseline")
 
 
 def _mapping(value, path, file, what="a mapping"):
@@ -242,6 +265,88 @@ def _reference(ref, path, file, nested=False):
     return ref
 
 
+def _split(value, path, file, extra=()):
+    allowed = SPLITS + tuple(extra)
+    if value not in allowed:
+        raise RecipeError(f"expected one of {', '.join(allowed)}, found {describe(value)}"
+                          f"{closest(value, allowed)}", path, file)
+    return value
+
+
+def _generative_block(name, value, file):
+    """One block of the chain evaluation, checked, with its defaults."""
+    path = f"evaluate.{name}"
+    keys = GENERATIVE_KEYS[name]
+    _check_keys(_mapping(value, path, file), keys, path, file)
+    block = {}
+    for key, (kind, default) in keys.items():
+        where = f"{path}.{key}"
+        item = value.get(key, default)
+        if item is None:
+            block[key] = None
+            continue
+        item = check_type(item, kind, where, file)
+        if kind in (int, float) and not (item >= 0 if key in _NON_NEGATIVE else item > 0):
+            bound = "a non-negative" if key in _NON_NEGATIVE else "a positive"
+            raise RecipeError(f"expected {bound} {'integer' if kind is int else 'number'}, "
+                              f"found {describe(item)}", where, file)
+        block[key] = item
+    if name == "chain":
+        if block["steps"] is None:
+            raise RecipeError("missing required key 'steps' (chain steps; each step's mean "
+                              "p(x) is one sample)", f"{path}.steps", file)
+        _split(block["start"], f"{path}.start", file, extra=("noise",))
+    if name in ("parzen", "csl"):
+        _split(block["data"], f"{path}.data", file)
+    if name == "parzen":
+        given = [key for key in ("sigma", "sigmas") if key in value]
+        if len(given) != 1:
+            raise RecipeError("expected exactly one of 'sigma' (a fixed bandwidth, e.g. the "
+                              "authors' 0.2) and 'sigmas' (candidates, the best chosen on "
+                              f"'select_on'), found {' and '.join(given) or 'neither'}",
+                              path, file)
+        if block["sigmas"] is not None:
+            if not block["sigmas"]:
+                raise RecipeError("expected at least one candidate bandwidth, found an empty "
+                                  "list", f"{path}.sigmas", file)
+            for i, sigma in enumerate(block["sigmas"]):
+                if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) \
+                        or not sigma > 0:
+                    raise RecipeError(f"expected a positive number, found {describe(sigma)}",
+                                      f"{path}.sigmas[{i}]", file)
+            _split(block["select_on"], f"{path}.select_on", file)
+            if block["select_on"] == block["data"]:
+                raise RecipeError(f"sigma would be chosen on the split it scores "
+                                  f"({block['data']}), which flatters the estimate; choose it "
+                                  "on another split (valid)", f"{path}.select_on", file)
+        else:
+            if "select_on" in value:
+                raise RecipeError("'select_on' needs 'sigmas' (candidates to choose from)",
+                                  f"{path}.select_on", file)
+            block["select_on"] = None
+    return block
+
+
+def _evaluate(evaluate, file):
+    """The `evaluate:` section as an `EvaluateSpec`."""
+    evaluate = _mapping(evaluate, "evaluate", file)
+    _check_keys(evaluate, ("splits",) + tuple(GENERATIVE_KEYS), "evaluate", file)
+    splits = check_type(evaluate.get("splits", ["valid", "test"]), list, "evaluate.splits", file)
+    for i, split in enumerate(splits):
+        _split(split, f"evaluate.splits[{i}]", file)
+    blocks = {name: _generative_block(name, evaluate[name], file)
+              for name in GENERATIVE_KEYS if evaluate.get(name) is not None}
+    users = [name for name in blocks if name != "chain"]
+    if users and "chain" not in blocks:
+        raise RecipeError(f"evaluate.{users[0]} scores the samples of a chain: add "
+                          "'chain: {steps: N}' (N chain steps, e.g. 10000)", "evaluate.chain",
+                          file)
+    if "chain" in blocks and not users:
+        raise RecipeError("the chain has nothing to feed: add parzen, csl or nearest",
+                          "evaluate.chain", file)
+    return EvaluateSpec(tuple(splits), **blocks)
+
+
 def check_top_keys(raw, file=None):
     """RecipeError for a top-level key the schema does not know."""
     _check_keys(raw, TOP_KEYS, "", file)
@@ -289,7 +394,9 @@ def parse(raw, file=None):
         if key in comp:
             check_type(comp[key], kind, f"compile.{key}", file)
     optimizer = object_spec(comp["optimizer"], "compile.optimizer", file)
-    if isinstance(comp["loss"], dict) and len(comp["loss"]) > 1:
+    if comp["loss"] is None:
+        loss = None  # the model's own loss (GSN, DAE): fit and evaluate get the inputs only
+    elif isinstance(comp["loss"], dict) and len(comp["loss"]) > 1:
         loss = {k: object_spec(v, f"compile.loss.{k}", file) for k, v in comp["loss"].items()}
     else:
         loss = object_spec(comp["loss"], "compile.loss", file)
@@ -314,13 +421,7 @@ def parse(raw, file=None):
                  if fit.get("trainer") is not None else None),
     )
 
-    evaluate = _mapping(raw.get("evaluate", {}) or {}, "evaluate", file)
-    _check_keys(evaluate, ("splits",), "evaluate", file)
-    splits = check_type(evaluate.get("splits", ["valid", "test"]), list, "evaluate.splits", file)
-    for i, split in enumerate(splits):
-        if split not in SPLITS:
-            raise RecipeError(f"expected one of {', '.join(SPLITS)}, found {describe(split)}"
-                              f"{closest(split, SPLITS)}", f"evaluate.splits[{i}]", file)
+    evaluate = _evaluate(raw.get("evaluate", {}) or {}, file)
 
     reference = _reference(raw.get("reference", {}) or {}, "reference", file)
 
@@ -409,7 +510,7 @@ def parse(raw, file=None):
         model=model_spec,
         compile=CompileSpec(optimizer, loss, metrics, compile_options),
         fit=fit_spec,
-        evaluate=EvaluateSpec(tuple(splits)),
+        evaluate=evaluate,
         reference=dict(reference),
         smoke=dict(smoke),
         stages=tuple(stages),
