@@ -23,6 +23,13 @@ def _replica_context():
     return context
 
 
+def num_replicas():
+    """How many replicas share the current step (1 outside a TensorFlow
+    strategy with several replicas, and on JAX and torch)."""
+    context = _replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
 def sum_over_replicas(grads):
     """`(global_grads, spread)`: the gradient summed over replicas, and a
     function that turns a global gradient back into one replica's share

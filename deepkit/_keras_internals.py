@@ -363,6 +363,18 @@ def jax_update_metrics(model, metrics_variables, unscaled_loss, x, y, y_pred, sa
 
 
 # -- keras.Model.train_step / train_function ------------------------------------
+def _install_step(model, kind, step):
+    _require(model, f"{kind}_function", f"keras.Model.{kind}_function")
+    object.__setattr__(model, f"{kind}_step", step)
+    setattr(model, f"{kind}_function", None)
+
+
+def _restore_step(model, kind):
+    if f"{kind}_step" in model.__dict__:
+        object.__delattr__(model, f"{kind}_step")
+    setattr(model, f"{kind}_function", None)
+
+
 def install_train_step(model, step):
     """Make the next `fit` of ``model`` train with ``step`` instead of its
     ``train_step`` (called from a callback's `set_model`, before `fit` builds
@@ -371,17 +383,13 @@ def install_train_step(model, step):
     Raises:
         RuntimeError: when Keras has no ``keras.Model.train_function``.
     """
-    _require(model, "train_function", "keras.Model.train_function")
-    object.__setattr__(model, "train_step", step)
-    model.train_function = None
+    _install_step(model, "train", step)
 
 
 def restore_train_step(model):
     """Undo `install_train_step`: the model's own ``train_step`` again, and
     the training function rebuilt at the next `fit`."""
-    if "train_step" in model.__dict__:
-        object.__delattr__(model, "train_step")
-    model.train_function = None
+    _restore_step(model, "train")
 
 
 # -- keras.Model.test_step / test_function, and installed steps -----------------
@@ -399,17 +407,13 @@ def install_test_step(model, step):
     Raises:
         RuntimeError: when Keras has no ``keras.Model.test_function``.
     """
-    _require(model, "test_function", "keras.Model.test_function")
-    object.__setattr__(model, "test_step", step)
-    model.test_function = None
+    _install_step(model, "test", step)
 
 
 def restore_test_step(model):
     """Undo `install_test_step`: the model's own ``test_step`` again, and the
     evaluation function rebuilt at the next `evaluate`."""
-    if "test_step" in model.__dict__:
-        object.__delattr__(model, "test_step")
-    model.test_function = None
+    _restore_step(model, "test")
 
 
 def installed_step(model, name):

@@ -36,7 +36,7 @@ import functools
 import keras
 from keras import ops
 
-from deepkit import _keras_internals
+from deepkit import _distribute, _keras_internals
 from deepkit.export import export
 from deepkit.layers.deep_transition import DeepTransitionCell, DeepTransitionRNN
 
@@ -289,7 +289,7 @@ class VanishingGradientRegularizer(keras.callbacks.Callback):
     progress bar shows the running mean) and ``omega_weight`` (α at the end
     of the epoch). The model's own training step is back after the `fit`.
 
-    With a `tf.distribute` strategy each replica adds its share (Ω of its
+    Under a TensorFlow distribution strategy each replica adds its share (Ω of its
     part of the batch divided by the number of replicas), so the summed
     update uses the mean of the replicas' Ω. A model's `.keras` file does not
     hold the regularizer: it is part of the training procedure, like the
@@ -430,16 +430,9 @@ def _recurrent_indices(model, layers):
             if id(v) in position]
 
 
-def _replicas():
-    if keras.backend.backend() != "tensorflow":
-        return 1
-    import tensorflow as tf
-
-    context = tf.distribute.get_replica_context()
-    return 1 if context is None else context.num_replicas_in_sync
-
-
 def _tensorflow_train_step(model, regularizer, data):
+    # The TensorFlow backend's own training step (Keras' `train_step` on that
+    # backend is a GradientTape too); the JAX one is below.
     import tensorflow as tf
 
     recorder = regularizer._recorder
@@ -452,7 +445,7 @@ def _tensorflow_train_step(model, regularizer, data):
             y_pred = model(x, training=True)
         loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                   training=True)
-        _keras_internals.track_loss(model, loss * _replicas(), x)
+        _keras_internals.track_loss(model, loss * _distribute.num_replicas(), x)
         loss = model.optimizer.scale_loss(loss)
     names = list(probes)
     found = tape.gradient(loss, [*trainable, *probes.values()])
@@ -461,7 +454,7 @@ def _tensorflow_train_step(model, regularizer, data):
     alpha = regularizer.weight_at(model.optimizer.iterations)
     with tf.GradientTape() as penalty_tape:
         omega, _ = regularizer.penalty(deltas)
-        scaled = model.optimizer.scale_loss(alpha * omega / _replicas())
+        scaled = model.optimizer.scale_loss(alpha * omega / _distribute.num_replicas())
     extra = penalty_tape.gradient(scaled, [trainable[i] for i in indices])
     for i, g in zip(indices, extra):
         if g is not None:
