@@ -372,7 +372,7 @@ class VanishingGradientRegularizer(keras.callbacks.Callback):
     def penalty(self, deltas):
         """Ω summed over the layers, from the current step's records; a
         function of the layers' recurrent matrices."""
-        total, kept = 0.0, []
+        total = 0.0
         for layer in self._recorder.layers:
             record = self._recorder.records.get(layer.name)
             if record is None:
@@ -381,11 +381,10 @@ class VanishingGradientRegularizer(keras.callbacks.Callback):
                     "in the training step")
             delta = ops.stop_gradient(ops.cast(deltas[layer.name], record["states"].dtype))
             record = {k: ops.stop_gradient(v) for k, v in record.items()}
-            omega, fraction = vanishing_penalty(delta, backproject(layer.cell, delta, record),
-                                                self.bound)
+            omega, _ = vanishing_penalty(delta, backproject(layer.cell, delta, record),
+                                         self.bound)
             total = total + omega
-            kept.append(fraction)
-        return total, kept
+        return total
 
     # -- the callback ----------------------------------------------------------
     def set_model(self, model):
@@ -453,7 +452,7 @@ def _tensorflow_train_step(model, regularizer, data):
     indices = _recurrent_indices(model, recorder.layers)
     alpha = regularizer.weight_at(model.optimizer.iterations)
     with tf.GradientTape() as penalty_tape:
-        omega, _ = regularizer.penalty(deltas)
+        omega = regularizer.penalty(deltas)
         scaled = model.optimizer.scale_loss(alpha * omega / _distribute.num_replicas())
     extra = penalty_tape.gradient(scaled, [trainable[i] for i in indices])
     for i, g in zip(indices, extra):
@@ -500,7 +499,7 @@ def _jax_train_step(model, regularizer, state, data):
                    *zip(model.non_trainable_variables, non_trainable)]
         with keras.StatelessScope(state_mapping=mapping):
             recorder.records = records
-            omega, _ = regularizer.penalty(deltas)
+            omega = regularizer.penalty(deltas)
         with keras.StatelessScope(state_mapping=list(zip(optimizer.variables,
                                                          optimizer_variables))):
             scaled = optimizer.scale_loss(alpha * omega)
