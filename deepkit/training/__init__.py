@@ -13,3 +13,4 @@ from deepkit.training.clipping import (AverageNorm, ClipGradients, ClippingLogs,
 from deepkit.training.vanishing import (VanishingGradientRegularizer, backproject,
                                         vanishing_penalty)
 from deepkit.training.loss_weights import LinearRamp, LossWeightScheduler, ScheduledLoss, loss_weight_step
+from deepkit.training.layerwise import DenoisingPretraining, reconstruction_loss
