@@ -163,7 +163,7 @@ def set_initial_epoch(model, epoch):
 
 
 # -- keras.Layer._flatten_layers ------------------------------------------------
-def flatten_layers(layer):
+def flatten_layers(layer, recursive=True):
     """Every sublayer of ``layer``, recursively, ``layer`` itself excluded.
 
     Depth first, each layer once, in the order Keras tracks them
@@ -171,6 +171,7 @@ def flatten_layers(layer):
 
     Args:
         layer: a `keras.Layer` or `keras.Model`.
+        recursive: False for the direct sublayers only.
 
     Returns:
         A list of layers.
@@ -179,7 +180,7 @@ def flatten_layers(layer):
         RuntimeError: when Keras has no ``keras.Layer._flatten_layers``.
     """
     _require(layer, "_flatten_layers", "keras.Layer._flatten_layers")
-    return list(layer._flatten_layers(include_self=False, recursive=True))
+    return list(layer._flatten_layers(include_self=False, recursive=recursive))
 
 
 # -- keras.optimizers.Optimizer._get_variable_index -----------------------------

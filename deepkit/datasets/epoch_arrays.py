@@ -20,7 +20,8 @@ class EpochShuffledArrays(keras.utils.PyDataset):
 
     Args:
         arrays: `(x, y)` or `(x, y, sample_weight)`, numpy arrays of equal
-            length.
+            length; an element may also be a dict of arrays (the targets
+            of a model with named outputs, ``{"hints": ..., "label": ...}``).
         batch_size: examples per batch (the last batch may be smaller).
         seed: the shuffle seed.
         shuffle: shuffle each epoch; False keeps the stored order (needed for
@@ -43,8 +44,8 @@ class EpochShuffledArrays(keras.utils.PyDataset):
         self.arrays = tuple(arrays)
         if not self.arrays:
             raise ValueError("EpochShuffledArrays needs at least one array, got none")
-        self.size = len(self.arrays[0])
-        lengths = [len(a) for a in self.arrays]
+        self.size = _length(self.arrays[0])
+        lengths = [_length(a) for a in self.arrays]
         if any(n != self.size for n in lengths):
             raise ValueError(f"EpochShuffledArrays: the arrays differ in length: {lengths}")
         if int(batch_size) < 1:
@@ -69,7 +70,22 @@ class EpochShuffledArrays(keras.utils.PyDataset):
     def __getitem__(self, index):
         start = index * self.batch_size
         stop = min(start + self.batch_size, self.size)
-        if self.order is None:
-            return tuple(a[start:stop] for a in self.arrays)
-        rows = self.order[start:stop]
-        return tuple(a[rows] for a in self.arrays)
+        rows = slice(start, stop) if self.order is None else self.order[start:stop]
+        return tuple(_take(a, rows) for a in self.arrays)
+
+
+def _length(element):
+    """Rows of an array, or of the arrays of a dict (which must agree)."""
+    if isinstance(element, dict):
+        lengths = {key: len(value) for key, value in element.items()}
+        if not lengths or len(set(lengths.values())) != 1:
+            raise ValueError(f"EpochShuffledArrays: the arrays of a dict element differ in "
+                             f"length (or there are none): {lengths}")
+        return next(iter(lengths.values()))
+    return len(element)
+
+
+def _take(element, rows):
+    if isinstance(element, dict):
+        return {key: value[rows] for key, value in element.items()}
+    return element[rows]

@@ -330,7 +330,7 @@ def to_blocks(images):
 
 
 LAYOUTS = ("image", "flat", "blocks")
-TARGETS = ("label", "hints")
+TARGETS = ("label", "hints", "both")
 
 
 @datasets.register("pentomino", description="Pentomino (Gulcehre & Bengio 2013): 64x64 "
@@ -355,7 +355,9 @@ def pentomino(split, *, train_size=40000, validation=0, test_size=STANDARD_TEST_
             `to_blocks`), the order of the hints.
         target: "label" (int32 `[N]`, 1 when all three shapes are the same)
             or "hints" (int32 `[N, 64]`, per block 0 for empty, else the
-            shape class + 1). `generate` returns both.
+            shape class + 1), or "both": ``{"hints": ..., "label": ...}``,
+            the targets of `deepkit.models.StructuredMLP`'s two outputs, so
+            that each training stage picks its own by its losses.
         dtype: of the images, "float32" (0.0 or 1.0) or "uint8".
 
     Returns:
@@ -382,4 +384,5 @@ def pentomino(split, *, train_size=40000, validation=0, test_size=STANDARD_TEST_
         x = images.reshape(size, -1)
     else:
         x = images[..., None]
-    return x.astype(dtype, copy=False), labels if target == "label" else hints
+    targets = {"label": labels, "hints": hints, "both": {"hints": hints, "label": labels}}
+    return x.astype(dtype, copy=False), targets[target]

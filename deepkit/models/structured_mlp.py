@@ -76,10 +76,15 @@ class StructuredMLP(keras.Model):
             ``"moving"``, by a
             `keras.layers.BatchNormalization` without scale or offset (batch
             statistics in training, their moving averages in inference).
+        p2nn_input_activation: an activation applied to P1NN's outputs as
+            P2NN reads them, before the standardization (None: none; the
+            JMLR code's joint model: ``"relu"`` on linear block outputs,
+            which the hints loss reads as logits).
         block_size: pixels on a side of a block.
         block_classes: outputs of P1NN per block (11 hint classes).
-        input_layout: ``"image"``: inputs are images ``[B, H, W]`` or
-            flattened ``[B, H·W]`` (square), cut into blocks by the model;
+        input_layout: ``"image"``: inputs are images ``[B, H, W]``, ``[B,
+            H, W, 1]`` or flattened ``[B, H·W]`` (square), cut into blocks
+            by the model;
             ``"blocks"``: inputs are already ``[B, blocks, block_size²]``
             (`deepkit.datasets.pentomino.to_blocks`, layout ``"blocks"``).
         kernel_regularizer: regularizer of every layer's kernel (the 2012
@@ -123,6 +128,7 @@ class StructuredMLP(keras.Model):
         p2nn_units=(1024,),
         p2nn_activation="tanh",
         standardize=None,
+        p2nn_input_activation=None,
         block_size=8,
         block_classes=11,
         input_layout="image",
@@ -142,6 +148,7 @@ class StructuredMLP(keras.Model):
         self.p1nn_activation = p1nn_activation
         self.p1nn_output_activation = p1nn_output_activation
         self.p2nn_activation = p2nn_activation
+        self.p2nn_input_activation = p2nn_input_activation
         self.standardize = standardize
         self.block_size = _positive("block_size", block_size)
         self.block_classes = _positive("block_classes", block_classes)
@@ -160,6 +167,8 @@ class StructuredMLP(keras.Model):
         p1nn.append(dense(self.block_classes, p1nn_output_activation, len(p1nn), "p1nn_output"))
         self.p1nn = keras.Sequential(p1nn, name="p1nn")
         p2nn = []
+        if p2nn_input_activation is not None:
+            p2nn.append(keras.layers.Activation(p2nn_input_activation, name="p2nn_input"))
         if standardize == "batch":
             p2nn.append(_MinibatchStandardization(name="p2nn_standardize"))
         elif standardize == "moving":
@@ -190,11 +199,11 @@ class StructuredMLP(keras.Model):
                 raise ValueError(f"StructuredMLP: flat inputs must hold a square image, "
                                  f"got {input_shape[1]} pixels")
             height = width = side
-        elif len(input_shape) == 3:
+        elif len(input_shape) == 3 or (len(input_shape) == 4 and input_shape[3] == 1):
             height, width = input_shape[1], input_shape[2]
         else:
-            raise ValueError(f"StructuredMLP: inputs must be images [B, H, W] or [B, H*W], "
-                             f"got shape {tuple(input_shape)}")
+            raise ValueError(f"StructuredMLP: inputs must be images [B, H, W], [B, H, W, 1] "
+                             f"or [B, H*W], got shape {tuple(input_shape)}")
         if height % self.block_size or width % self.block_size or height != width:
             raise ValueError(f"StructuredMLP: a square image whose side is a multiple of "
                              f"block_size={self.block_size} is needed, got {height}x{width}")
@@ -242,6 +251,7 @@ class StructuredMLP(keras.Model):
             "p2nn_units": list(self.p2nn_units),
             "p2nn_activation": self.p2nn_activation,
             "standardize": self.standardize,
+            "p2nn_input_activation": self.p2nn_input_activation,
             "block_size": self.block_size,
             "block_classes": self.block_classes,
             "input_layout": self.input_layout,

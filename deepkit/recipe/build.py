@@ -35,7 +35,9 @@ def load_splits(recipe):
             arrays = datasets.load(data.dataset, split, **options)
         except datasets.DataError as e:
             raise RecipeError(str(e), "data", recipe.file) from None
-        out[split] = None if arrays is None else tuple(np.asarray(a) for a in arrays)
+        out[split] = None if arrays is None else tuple(
+            {k: np.asarray(v) for k, v in a.items()} if isinstance(a, dict) else np.asarray(a)
+            for a in arrays)
     if out["train"] is None:
         raise RecipeError(f"data set {data.dataset!r} gave no training split", "data")
     for i, stage in enumerate(recipe.stages):
@@ -181,10 +183,11 @@ def stages(recipe, time_limit=None, compile=None, run_dir=None):
     places the callbacks' folders (`callbacks`).
     """
     fit = recipe.fit
-    if compile is None and any(spec.optimizer is not None for spec in recipe.stages):
+    if compile is None and any(spec.recompiles for spec in recipe.stages):
         compile = compile_arguments(recipe)
     trainer = names.build("trainer", fit.trainer) if fit.trainer is not None else None
-    out = [Stage(name="main", epochs=fit.epochs, trainer=trainer,
+    out = [Stage(name=fit.name, epochs=fit.epochs, trainer=trainer,
+                 trainable=fit.trainable, frozen=fit.frozen, batch_size=fit.batch_size,
                  callbacks=_time_limit(callbacks(fit.callbacks, run_dir), time_limit))]
     for i, spec in enumerate(recipe.stages, start=1):
         until = None
@@ -193,8 +196,25 @@ def stages(recipe, time_limit=None, compile=None, run_dir=None):
             until = (spec.until["monitor"], UNTIL_TARGETS.get(target, target))
         out.append(Stage(
             name=spec.name, epochs=spec.epochs,
-            compile=None if spec.optimizer is None else {
-                **compile, "optimizer": names.build("optimizer", spec.optimizer)},
+            compile=_stage_compile(recipe, spec, compile) if spec.recompiles else None,
             callbacks=_time_limit(callbacks(spec.callbacks, run_dir), time_limit),
-            until=until, merge_validation=spec.merge_validation))
+            until=until, merge_validation=spec.merge_validation,
+            trainer=None if spec.trainer is None else names.build("trainer", spec.trainer),
+            trainable=spec.trainable, frozen=spec.frozen, batch_size=spec.batch_size))
+    return out
+
+
+def _stage_compile(recipe, spec, compile):
+    """The `compile` arguments of a stage that changes them: the recipe's,
+    with the stage's own optimizer, losses, loss weights and metrics; the
+    optimizer is new (the stage's, or the recipe's built again), since the
+    stage may train other variables than the one before."""
+    out = dict(compile)
+    out["optimizer"] = names.build("optimizer", spec.optimizer or recipe.compile.optimizer)
+    if spec.has_loss:
+        out["loss"] = None if spec.loss is None else names.build_loss(spec.loss)
+    if spec.loss_weights is not None:
+        out["loss_weights"] = spec.loss_weights
+    if spec.metrics is not None:
+        out["metrics"] = names.build_metrics(spec.metrics)
     return out

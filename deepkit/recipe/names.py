@@ -38,7 +38,7 @@ _BASES = {
 }
 # Kinds that may appear nested inside another object's configuration.
 _NESTED_KINDS = ("schedule", "initializer", "constraint", "regularizer", "layer", "optimizer",
-                 "threshold")
+                 "threshold", "loss")
 # Keyword arguments every Keras layer accepts through **kwargs.
 _LAYER_KWARGS = ("name", "dtype", "trainable", "autocast", "input_shape", "input_dim",
                  "batch_size", "activity_regularizer")
@@ -217,7 +217,7 @@ def _nested_spec(value, path):
         raise RecipeError(
             f"unknown name {name!r}{closest(name, known)}; expected an "
             "initializer, constraint, regularizer, learning-rate schedule, layer, "
-            "optimizer or clipping threshold registered by deepkit or Keras", f"{path}.{name}")
+            "optimizer, clipping threshold or loss registered by deepkit or Keras", f"{path}.{name}")
     return None
 
 
@@ -304,17 +304,31 @@ def build_compile_args(recipe, make=None):
     args["optimizer"] = make("optimizer", comp.optimizer)
     if comp.loss is None:  # `loss: null`: a model that defines its own loss
         args["loss"] = None
-    elif isinstance(comp.loss, dict):
-        args["loss"] = {k: make("loss", v) for k, v in comp.loss.items()}
     else:
-        args["loss"] = make("loss", comp.loss)
-    args["metrics"] = [make("metric", m) for m in comp.metrics]
+        args["loss"] = build_loss(comp.loss, make)
+    args["metrics"] = build_metrics(comp.metrics, make)
     if "weighted_metrics" in args:
         args["weighted_metrics"] = [
             make("metric", object_spec(m, f"compile.weighted_metrics[{i}]", None))
             for i, m in enumerate(args["weighted_metrics"])
         ]
     return args
+
+
+def build_loss(spec, make=None):
+    """A loss, or a dict of per-output losses (None: the output does not count)."""
+    make = make or build
+    if isinstance(spec, dict):
+        return {k: None if v is None else make("loss", v) for k, v in spec.items()}
+    return make("loss", spec)
+
+
+def build_metrics(specs, make=None):
+    """A list of metrics, or a dict of per-output lists."""
+    make = make or build
+    if isinstance(specs, dict):
+        return {k: [make("metric", m) for m in v] for k, v in specs.items()}
+    return [make("metric", m) for m in specs]
 
 
 def build_callbacks(specs):
@@ -368,3 +382,9 @@ def validate(recipe, construct=True):
             make("optimizer", stage.optimizer)
         for spec in stage.callbacks:
             make("callback", spec)
+        if stage.trainer is not None:
+            make("trainer", stage.trainer)
+        if stage.loss is not None:
+            build_loss(stage.loss, make)
+        if stage.metrics is not None:
+            build_metrics(stage.metrics, make)

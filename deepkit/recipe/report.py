@@ -50,12 +50,23 @@ def comparable_reference(recipe):
 
 
 def derived_metrics(metrics):
-    """`metrics` plus `<split>_error = 1 − <split>_…accuracy` for each accuracy."""
+    """`metrics` plus an error rate, 1 − accuracy, for each accuracy.
+
+    ``<name>_accuracy`` gives ``<name>_error`` (``test_label_accuracy``:
+    ``test_label_error``, one per output of a model with named outputs), and
+    a split with exactly one accuracy also gets ``<split>_error``
+    (``test_sparse_categorical_accuracy``: ``test_error``).
+    """
     out = dict(metrics)
+    by_split = {}
     for key, value in metrics.items():
         if key.endswith("accuracy") and "_" in key:
-            split = key.split("_", 1)[0]
-            out.setdefault(f"{split}_error", 1.0 - float(value))
+            by_split.setdefault(key.split("_", 1)[0], []).append(value)
+            if key.endswith("_accuracy"):
+                out.setdefault(key[: -len("accuracy")] + "error", 1.0 - float(value))
+    for split, values in by_split.items():
+        if len(values) == 1:
+            out.setdefault(f"{split}_error", 1.0 - float(values[0]))
     return out
 
 
@@ -133,6 +144,7 @@ def markdown(results):
         f"- machine: {env.get('machine', '')}",
         f"- command: {' '.join(env.get('command', []))}",
     ]
+    lines += stage_lines(results.get("stages"))
     lines += chain_evaluation_lines(results.get("generative"))
     source = results.get("init_from")
     if source:
@@ -144,6 +156,26 @@ def markdown(results):
                         else "") + (f"; {metrics}" if metrics else "") + ")")
     lines.append("")
     return "\n".join(lines)
+
+
+def stage_lines(stages):
+    """report.md's table of the stages of a run with more than one: each
+    stage's epochs, time and the numbers of its last epoch."""
+    if not stages or len(stages) < 2:
+        return []
+    keys = []
+    for stage in stages:
+        keys += [k for k in stage.get("last_epoch") or {} if k not in keys]
+    keys = sorted(keys, key=lambda k: (k.startswith("val_"), k))
+    lines = ["", "## Stages (each stage's last epoch)", "",
+             "| stage | epochs | time | " + " | ".join(keys) + " |",
+             "|---|---:|---:|" + "---:|" * len(keys)]
+    for stage in stages:
+        last = stage.get("last_epoch") or {}
+        cells = [format_value(k, last.get(k)) for k in keys]
+        lines.append(f"| {stage['stage']} | {stage['epochs']} | {stage['seconds']:.0f} s | "
+                     + " | ".join(cells) + " |")
+    return lines
 
 
 def chain_evaluation_lines(details):

@@ -24,6 +24,7 @@ from deepkit.callbacks import (RichProgressBar, StopOnInterrupt, TrainingInterru
                                reset_states, stateful_layers)
 from deepkit.recipe import build, generative, report, rundir
 from deepkit.recipe.errors import RecipeError, RunDiverged, RunFailed, RunInterrupted
+from deepkit.training.loss_weights import LossWeightScheduler, scheduled_losses
 from deepkit.training.stages import StageError, TrainingDiverged, fit_stages
 
 
@@ -174,9 +175,11 @@ class Runner:
                 continue
             x, y, *weights = data[split] + (None,) * (2 - len(data[split]))
             reset_states(model)
+            # Scheduled loss weights take the trained model's step.
+            extra = [LossWeightScheduler()] if scheduled_losses(model) else []
             values = model.evaluate(x, y, sample_weight=weights[0] if weights else None,
                                     batch_size=self.recipe.data.batch_size, verbose=0,
-                                    return_dict=True)
+                                    return_dict=True, callbacks=extra)
             metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
         if generative.enabled(self.recipe.evaluate):
             numbers, details = generative.evaluate(model, splits, self.recipe.evaluate,

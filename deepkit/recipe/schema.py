@@ -47,7 +47,7 @@ class ModelSpec:
 class CompileSpec:
     optimizer: Any  # ObjectSpec
     loss: Any  # ObjectSpec, a mapping output name -> ObjectSpec, or None (the model's own)
-    metrics: tuple  # of ObjectSpec
+    metrics: Any  # a tuple of ObjectSpec, or a mapping output name -> tuple
     options: dict  # other compile() arguments
 
 
@@ -58,6 +58,10 @@ class FitSpec:
     shuffle: bool
     options: dict  # other fit() arguments
     trainer: Any = None  # ObjectSpec of a trainer (deepkit.training.Trainer), or None
+    name: str = "main"  # the first stage's name
+    batch_size: Optional[int] = None  # the first stage's, if not data.batch_size
+    trainable: Optional[tuple] = None  # layer names that train in the first stage (others frozen)
+    frozen: Optional[tuple] = None  # layer names frozen in the first stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +88,23 @@ class StageSpec:
     epochs: int
     callbacks: tuple
     until: Optional[dict]  # {monitor, target}
+    # What a stage changes (None: as the recipe's compile section / fit_stages'
+    # default): see deepkit.training.Stage.
+    trainer: Any = None  # ObjectSpec of a trainer
+    trainable: Optional[tuple] = None
+    frozen: Optional[tuple] = None
+    loss: Any = None  # like CompileSpec.loss; `has_loss` says whether it was given
+    has_loss: bool = False
+    loss_weights: Any = None
+    metrics: Any = None  # like CompileSpec.metrics
+    batch_size: Optional[int] = None
+
+    @property
+    def recompiles(self):
+        """Whether the stage is compiled anew (it changes the optimizer, the
+        losses, their weights or the metrics)."""
+        return (self.optimizer is not None or self.has_loss or self.loss_weights is not None
+                or self.metrics is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,14 +159,18 @@ FIT_KEYS = {
     "shuffle": bool,
     "validation_freq": int,
     "validation_batch_size": int,
+    "trainable": list,
+    "frozen": list,
     "steps_per_epoch": int,
     "class_weight": dict,
     "trainer": None,
+    "name": str,
+    "batch_size": int,
 }
 COMPILE_KEYS = {
     "optimizer": None,
     "loss": None,
-    "metrics": list,
+    "metrics": None,
     "loss_weights": None,
     "steps_per_execution": int,
     "weighted_metrics": list,
@@ -157,6 +182,13 @@ STAGE_KEYS = {
     "epochs": int,
     "callbacks": list,
     "until": dict,
+    "trainer": None,
+    "trainable": list,
+    "frozen": list,
+    "loss": None,
+    "loss_weights": None,
+    "metrics": None,
+    "batch_size": int,
 }
 
 
@@ -228,6 +260,45 @@ def object_spec(value, path, file, what="a name or {Name: {config}}"):
         _mapping(config, f"{path}.{name}", file, what=f"the configuration of {name} as a mapping")
         return ObjectSpec(name, copy.deepcopy(config), f"{path}.{name}")
     raise RecipeError(f"expected {what}, found {describe(value)}", path, file)
+
+
+def loss_spec(value, path, file):
+    """A loss: ``Name``, ``{Name: {config}}``, or a mapping of output names
+    to losses (``{hints: sparse_categorical_crossentropy, label: null}``;
+    null: the output does not count). A one-key mapping is per output when
+    its key starts with a lower-case letter (output names; loss classes are
+    CapWords) or its value is a loss name."""
+    if (isinstance(value, dict) and value
+            and (len(value) > 1 or all(isinstance(k, str) and k[:1].islower()
+                                       or isinstance(v, str) for k, v in value.items()))):
+        return {k: None if v is None else object_spec(v, f"{path}.{k}", file)
+                for k, v in value.items()}
+    return object_spec(value, path, file)
+
+
+def metrics_spec(value, path, file):
+    """Metrics: a list of ``Name`` / ``{Name: {config}}``, or a mapping of
+    output names to such lists (a model with named outputs)."""
+    if isinstance(value, dict):
+        return {k: _object_list(v, f"{path}.{k}", file) for k, v in value.items()}
+    return _object_list(value, path, file)
+
+
+def _freezing(section, path, file):
+    """`trainable:` / `frozen:` of a `fit:` or stage section: lists of layer names."""
+    out = {}
+    for key in ("trainable", "frozen"):
+        if key not in section:
+            continue
+        names = section[key]
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise RecipeError(f"expected a non-empty list of layer names, found "
+                              f"{describe(names)}", f"{path}.{key}", file)
+        out[key] = tuple(names)
+    if len(out) == 2:
+        raise RecipeError("give trainable (the layers that train; the rest frozen) or frozen, "
+                          "not both", path, file)
+    return out
 
 
 def _object_list(value, path, file):
@@ -396,11 +467,9 @@ def parse(raw, file=None):
     optimizer = object_spec(comp["optimizer"], "compile.optimizer", file)
     if comp["loss"] is None:
         loss = None  # the model's own loss (GSN, DAE): fit and evaluate get the inputs only
-    elif isinstance(comp["loss"], dict) and len(comp["loss"]) > 1:
-        loss = {k: object_spec(v, f"compile.loss.{k}", file) for k, v in comp["loss"].items()}
     else:
-        loss = object_spec(comp["loss"], "compile.loss", file)
-    metrics = _object_list(comp.get("metrics", []), "compile.metrics", file)
+        loss = loss_spec(comp["loss"], "compile.loss", file)
+    metrics = metrics_spec(comp.get("metrics", []), "compile.metrics", file)
     compile_options = {k: v for k, v in comp.items() if k not in ("optimizer", "loss", "metrics")}
 
     fit = _mapping(raw["fit"], "fit", file)
@@ -416,9 +485,13 @@ def parse(raw, file=None):
         callbacks=_object_list(fit.get("callbacks", []), "fit.callbacks", file),
         shuffle=fit.get("shuffle", True),
         options={k: v for k, v in fit.items()
-                 if k not in ("epochs", "callbacks", "shuffle", "trainer")},
+                 if k not in ("epochs", "callbacks", "shuffle", "trainer", "trainable", "frozen",
+                              "name", "batch_size")},
+        name=fit.get("name", "main"),
+        batch_size=fit.get("batch_size"),
         trainer=(object_spec(fit["trainer"], "fit.trainer", file)
                  if fit.get("trainer") is not None else None),
+        **_freezing(fit, "fit", file),
     )
 
     evaluate = _evaluate(raw.get("evaluate", {}) or {}, file)
@@ -451,6 +524,16 @@ def parse(raw, file=None):
             epochs=stage["epochs"],
             callbacks=_object_list(stage.get("callbacks", []), f"{path}.callbacks", file),
             until=until,
+            trainer=(object_spec(stage["trainer"], f"{path}.trainer", file)
+                     if stage.get("trainer") is not None else None),
+            **_freezing(stage, path, file),
+            loss=(loss_spec(stage["loss"], f"{path}.loss", file)
+                  if stage.get("loss") is not None else None),
+            has_loss="loss" in stage,
+            loss_weights=stage.get("loss_weights"),
+            metrics=(metrics_spec(stage["metrics"], f"{path}.metrics", file)
+                     if "metrics" in stage else None),
+            batch_size=stage.get("batch_size"),
         ))
 
     init_from = raw.get("init_from")

@@ -289,7 +289,7 @@ class LinearRamp(keras.optimizers.schedules.LearningRateSchedule):
                 "start_step": self.start_step, "end_step": self.end_step}
 
 
-def _scheduled_losses(model):
+def scheduled_losses(model):
     """``[(log name, ScheduledLoss)]`` among the model's compiled losses."""
     loss = getattr(model, "loss", None)
     if isinstance(loss, ScheduledLoss):
@@ -438,7 +438,7 @@ class LossWeightScheduler(keras.callbacks.Callback):
         if logs is None:
             return
         step = self.model.optimizer.iterations
-        for name, loss in _scheduled_losses(self.model):
+        for name, loss in scheduled_losses(self.model):
             logs[name] = float(ops.convert_to_numpy(loss.weight_at(step)))
 
     def on_train_end(self, logs=None):

@@ -31,8 +31,10 @@ from deepkit.callbacks.anneal import AnnealOnPlateau
 from deepkit.callbacks.backup import ExactBackupAndRestore, set_epoch_state
 from deepkit.callbacks.nan_guard import StopOnNaN
 from deepkit.callbacks.reset_states import ResetStates, stateful_layers
+from deepkit.callbacks.rich_progress import RichProgressBar
 from deepkit.callbacks.stop_at_target import StopAtTarget
 from deepkit.datasets.epoch_arrays import EpochShuffledArrays
+from deepkit.training.loss_weights import LossWeightScheduler, scheduled_losses
 
 # A prime, so that stage seeds of nearby run seeds never coincide.
 _STAGE_SEED_STRIDE = 7919
@@ -108,9 +110,36 @@ class Stage:
             together (validation still runs on the validation set).
         trainer: an object whose ``fit(model, x, **fit_arguments)`` trains
             the stage instead of ``model.fit(x, ...)`` (for example
-            `deepkit.training.Alternation`); it receives the same data,
-            epochs and callbacks.
+            `deepkit.training.Alternation`, or
+            `deepkit.training.DenoisingPretraining` for one layer of greedy
+            layer-wise pre-training); it receives the same data, epochs and
+            callbacks.
+        trainable: names of the layers or sub-models that train in this
+            stage (a sub-model's name covers all its layers; nested layers
+            are found by name, or by a path ``"p1nn/p1nn_output"``); every
+            other layer is frozen, its weights unchanged bit for bit.
+        frozen: names of the layers or sub-models frozen in this stage; the
+            rest train. At most one of `trainable` and `frozen`; with
+            neither, the layers train as they did before `fit_stages`.
+            A stage that changes what trains is compiled again before it
+            starts (with its `compile`, or else with the model's own
+            compile configuration, `model.get_compile_config()`), so its
+            optimizer starts fresh. The freezing holds for this stage only;
+            after the last stage the model stays as that stage left it
+            (compiled, with its freezing).
+        batch_size: examples per step in this stage (None: `fit_stages`'
+            ``batch_size``). Gulcehre & Bengio's P1NN learns the hints from
+            batches of about 200 blocks, 3-4 images of 64 blocks, and P2NN
+            the label from batches of 200 images.
         fit_kwargs: other `fit` arguments of this stage.
+
+    Which outputs and targets a stage trains on is chosen by its losses: the
+    targets of a model with named outputs are a dict with every output's
+    targets, and a stage's ``compile={"loss": {"hints": ..., "label": None}}``
+    trains on the hints alone. A `deepkit.training.ScheduledLoss` in a
+    stage's losses anneals its weight over the stage's own steps (its
+    optimizer starts at step 0); `fit_stages` adds the
+    `deepkit.training.LossWeightScheduler` it needs when the stage has none.
 
     Example: see `fit_stages`.
     """
@@ -122,6 +151,9 @@ class Stage:
     until: Optional[tuple] = None
     merge_validation: bool = False
     trainer: Any = None
+    trainable: Optional[Sequence[str]] = None
+    frozen: Optional[Sequence[str]] = None
+    batch_size: Optional[int] = None
     fit_kwargs: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -136,6 +168,23 @@ class Stage:
         if self.trainer is not None and not callable(getattr(self.trainer, "fit", None)):
             raise StageError(f"Stage {self.name!r}: trainer must have a fit(model, x, ...) "
                              f"method, got {type(self.trainer).__name__}")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(
+                self.batch_size, int) or self.batch_size < 1):
+            raise StageError(f"Stage {self.name!r}: batch_size must be a positive integer, "
+                             f"got {self.batch_size!r}")
+        if self.trainable is not None and self.frozen is not None:
+            raise StageError(f"Stage {self.name!r}: give trainable or frozen, not both")
+        for key in ("trainable", "frozen"):
+            names = getattr(self, key)
+            if names is None:
+                continue
+            if isinstance(names, str):
+                names = [names]
+            names = list(names)
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise StageError(f"Stage {self.name!r}: {key} must be a non-empty list of "
+                                 f"layer names, got {getattr(self, key)!r}")
+            setattr(self, key, names)
         self.callbacks = list(self.callbacks)
 
 
@@ -164,9 +213,14 @@ class StageResult:
     resumed: bool = False
 
     def summary(self):
-        """The JSON-ready summary kept in results files."""
+        """The JSON-ready summary kept in results files, with the numbers of
+        the stage's last epoch (``last_epoch``: loss and metrics)."""
+        last = {}
+        if self.history:
+            last = {k: float(v) for k, v in self.history[-1].items()
+                    if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         return {"stage": self.name, "epochs": self.epochs, "seconds": self.seconds,
-                "best_train_loss": self.best_train_loss}
+                "best_train_loss": self.best_train_loss, "last_epoch": last}
 
 
 class TrainingDiverged(RuntimeError):
@@ -306,6 +360,78 @@ class _EpochOrder(keras.callbacks.Callback):
         set_epoch_state(self.model, self.seed, epoch, self.data)
 
 
+def _named_layers(model):
+    """``{name or path: [layers]}`` for every nested layer of `model`: each
+    layer under its own name and under its path of names from the model
+    (``"p1nn/p1nn_output"``)."""
+    table = {}
+
+    def walk(layer, prefix):
+        for child in _keras_internals.flatten_layers(layer, recursive=False):
+            path = f"{prefix}{child.name}"
+            for key in {child.name, path}:
+                table.setdefault(key, [])
+                if child not in table[key]:
+                    table[key].append(child)
+            walk(child, f"{path}/")
+
+    walk(model, "")
+    return table
+
+
+def _find_layers(model, stage, key):
+    table = _named_layers(model)
+    found = []
+    for name in getattr(stage, key):
+        layers = table.get(name)
+        if not layers:
+            known = sorted(k for k in table if "/" not in k)
+            raise StageError(f"Stage {stage.name!r}: {key} names {name!r}, which is not a "
+                             f"layer of {model.name}; its layers: {', '.join(known)}")
+        if len(layers) > 1:
+            paths = sorted(k for k, v in table.items() if "/" in k and v[0] in layers)
+            raise StageError(f"Stage {stage.name!r}: {key} names {name!r}, which several "
+                             f"layers are called; name one by its path: {', '.join(paths)}")
+        found.append(layers[0])
+    return found
+
+
+def _leaves(layer):
+    """The layers under `layer` (itself included) that have no sublayers."""
+    children = _keras_internals.flatten_layers(layer)
+    if not children:
+        return [layer]
+    return [c for c in children if not _keras_internals.flatten_layers(c, recursive=False)]
+
+
+def _trainable_flags(model):
+    return [(layer, layer.trainable) for layer in [model, *_keras_internals.flatten_layers(model)]]
+
+
+def _set_flags(flags):
+    for layer, value in flags:  # containers before their sublayers
+        layer.trainable = value
+
+
+def _apply_freezing(model, stage, initial):
+    """Set which layers train in `stage`; True when that changed anything."""
+    before = [value for _, value in _trainable_flags(model)]
+    if stage.trainable is None and stage.frozen is None:
+        _set_flags(initial)
+    else:
+        named = _find_layers(model, stage, "trainable" if stage.trainable is not None
+                             else "frozen")
+        marked = {id(leaf) for layer in named for leaf in _leaves(layer)}
+        # Every layer set one by one: on TensorFlow, setting a model's
+        # `trainable` to the value it already has does not reach its layers.
+        for layer in [model, *_keras_internals.flatten_layers(model)]:
+            layer.trainable = True
+        for leaf in _leaves(model):
+            if (id(leaf) in marked) != (stage.trainable is not None):
+                leaf.trainable = False
+    return before != [value for _, value in _trainable_flags(model)]
+
+
 def _fit_arguments(stage, validation_data, fit_kwargs):
     kwargs = dict(fit_kwargs)
     kwargs.update(stage.fit_kwargs)
@@ -396,7 +522,9 @@ def fit_stages(model, stages, train, validation_data=None, *, batch_size=32, see
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise StageError(f"fit_stages: stage names must differ, got {names}")
-    train = tuple(np.asarray(a) for a in train)
+    train = _arrays(train)
+    if isinstance(validation_data, (tuple, list)):
+        validation_data = _arrays(validation_data)
     for stage in stages:
         if stage.merge_validation and validation_data is None:
             raise StageError(f"Stage {stage.name!r}: merge_validation needs validation_data")
@@ -406,18 +534,48 @@ def fit_stages(model, stages, train, validation_data=None, *, batch_size=32, see
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
     log = log or (lambda message: None)
+    initial = _trainable_flags(model)
     results = []
-    for index, stage in enumerate(stages):
-        results.append(_fit_stage(model, stage, index, results, train, validation_data,
-                                  batch_size, seed, shuffle, list(callbacks), list(observers),
-                                  ckpt, history_dir, log, fit_kwargs))
+    try:
+        for index, stage in enumerate(stages):
+            results.append(_fit_stage(model, stage, index, results, train, validation_data,
+                                      batch_size, seed, shuffle, list(callbacks),
+                                      list(observers), ckpt, history_dir, log, fit_kwargs,
+                                      initial))
+    except BaseException:
+        _set_flags(initial)
+        raise
     return results
 
 
+def _arrays(data):
+    """A tuple of numpy arrays, or of dicts of them (named outputs' targets)."""
+    return tuple({k: np.asarray(v) for k, v in a.items()} if isinstance(a, dict)
+                 else np.asarray(a) for a in data)
+
+
+def _concatenate(a, b):
+    if isinstance(a, dict):
+        if not isinstance(b, dict) or set(a) != set(b):
+            raise StageError("merge_validation: the training and validation targets differ "
+                             f"in their outputs: {sorted(a)} and "
+                             f"{sorted(b) if isinstance(b, dict) else type(b).__name__}")
+        return {k: np.concatenate([a[k], b[k]]) for k in a}
+    return np.concatenate([a, np.asarray(b)])
+
+
 def _fit_stage(model, stage, index, results, train, validation_data, batch_size, seed,
-               shuffle, callbacks, observers, ckpt, history_dir, log, fit_kwargs):
+               shuffle, callbacks, observers, ckpt, history_dir, log, fit_kwargs, initial):
+    changed = _apply_freezing(model, stage, initial)
     if stage.compile is not None:
         model.compile(**stage.compile)
+    elif changed:
+        if not model.compiled:
+            raise StageError(f"Stage {stage.name!r}: the model must be compiled before "
+                             "fit_stages (or the stage given compile=...)")
+        # A fresh optimizer of the same configuration, for the variables
+        # that train now.
+        model.compile_from_config(model.get_compile_config())
     history_path = None if history_dir is None else history_file(history_dir, index, stage)
     if ckpt is not None:
         done_path = ckpt / f"stage-{index}.json"
@@ -431,6 +589,9 @@ def _fit_stage(model, stage, index, results, train, validation_data, batch_size,
                                done["best_train_loss"], history, resumed=True)
 
     own = list(stage.callbacks)
+    if scheduled_losses(model) and not any(
+            isinstance(c, LossWeightScheduler) for c in [*callbacks, *own]):
+        own.insert(0, LossWeightScheduler())
     if stage.until is not None:
         monitor, target = stage.until
         if callable(target):
@@ -438,9 +599,12 @@ def _fit_stage(model, stage, index, results, train, validation_data, batch_size,
         own.append(StopAtTarget(monitor, target))
     arrays = train
     if stage.merge_validation:
-        arrays = tuple(np.concatenate([a, np.asarray(b)]) for a, b in zip(train, validation_data))
+        arrays = tuple(_concatenate(a, b) for a, b in zip(train, validation_data))
     seed_i = stage_seed(seed, index)
-    data = EpochShuffledArrays(arrays, batch_size, seed_i, shuffle)
+    data = EpochShuffledArrays(arrays, stage.batch_size or batch_size, seed_i, shuffle)
+    for display in observers:  # examples per second at this stage's batch size
+        if isinstance(display, RichProgressBar):
+            display.batch_size = data.batch_size
     guard = StopOnNaN()
     if ckpt is not None:
         order = ExactBackupAndRestore(str(ckpt / f"stage-{index}"), seed=seed_i, data=data,
