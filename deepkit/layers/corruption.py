@@ -295,7 +295,8 @@ class GaussianCorruption(Corruption):
         return keras.random.normal(shape, dtype=dtype, seed=self._generator(seed))
 
     def apply_noise(self, inputs, noise):
-        return inputs + ops.cast(self.stddev, inputs.dtype) * noise
+        inputs = ops.convert_to_tensor(inputs)
+        return inputs + ops.cast(self.stddev, inputs.dtype) * ops.convert_to_tensor(noise)
 
     def get_config(self):
         config = super().get_config()

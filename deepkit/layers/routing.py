@@ -129,7 +129,8 @@ def noisy_logits(clean_logits, noise, noise_stddev):
     Returns:
         The noisy logits ``H``, ``[T, E]``.
     """
-    return clean_logits + noise * noise_stddev
+    clean_logits, noise = ops.convert_to_tensor(clean_logits), ops.convert_to_tensor(noise)
+    return clean_logits + ops.multiply(noise, noise_stddev)
 
 
 # ------------------------------------------------------- balance losses
@@ -144,6 +145,7 @@ def _valid_weights(num_tokens_like, valid):
 
 def _masked_mean(values, weights):
     """Mean of ``values`` ``[T, ...]`` over tokens with weight 1."""
+    values = ops.convert_to_tensor(values)
     weights = ops.reshape(weights, (-1,) + (1,) * (len(values.shape) - 1))
     total = ops.sum(values * weights, axis=0)
     return total / ops.maximum(ops.sum(weights), 1.0)
@@ -220,6 +222,7 @@ def importance(expert_index, gates, num_experts, valid=None):
         ``[E]``.
     """
     weights = _valid_weights(expert_index, valid)
+    gates = ops.convert_to_tensor(gates)
     return ops.segment_sum(
         ops.reshape(gates * weights[:, None], (-1,)),
         ops.reshape(expert_index, (-1,)),
@@ -257,6 +260,8 @@ def load_probabilities(clean_logits, noisy_logits_, noise_stddev, k):
     num_experts = clean_logits.shape[-1]
     if num_experts is not None and k >= num_experts:
         raise ValueError(f"the load loss needs k < num_experts, got k={k}, E={num_experts}")
+    clean_logits = ops.convert_to_tensor(clean_logits)
+    noisy_logits_ = ops.convert_to_tensor(noisy_logits_)
     top, _ = ops.top_k(noisy_logits_, k + 1)
     # If i is in the top k, the k-th largest of the others is the (k+1)-th
     # largest overall; otherwise it is the k-th largest overall.
@@ -264,7 +269,7 @@ def load_probabilities(clean_logits, noisy_logits_, noise_stddev, k):
     threshold_if_out = top[:, k - 1 : k]
     is_in = ops.greater(noisy_logits_, threshold_if_in)
     threshold = ops.where(is_in, threshold_if_in, threshold_if_out)
-    return normal_cdf((clean_logits - threshold) / noise_stddev)
+    return normal_cdf(ops.divide(clean_logits - threshold, noise_stddev))
 
 
 def load_loss(clean_logits, noisy_logits_, noise_stddev, k, valid=None):
@@ -290,6 +295,7 @@ def router_z_loss(logits, valid=None):
 
 def router_entropy(probs, valid=None):
     """Mean over tokens of the entropy of the router distribution, in nats."""
+    probs = ops.convert_to_tensor(probs)
     entropy = -ops.sum(probs * ops.log(probs + _EPSILON), axis=-1)
     return _masked_mean(entropy, _valid_weights(probs, valid))
 
@@ -381,6 +387,7 @@ def dispatch_slots(expert_index, position, capacity):
         ``(slot, keep)``: int32 ``[T, k]`` (0 for dropped assignments) and
         bool ``[T, k]`` (position < capacity).
     """
+    expert_index, position = ops.convert_to_tensor(expert_index), ops.convert_to_tensor(position)
     keep = ops.less(position, capacity)
     slot = ops.where(keep, expert_index * capacity + position, 0)
     return ops.cast(slot, "int32"), keep
@@ -428,6 +435,7 @@ def combine(expert_outputs, slot, keep, gates):
     Returns:
         ``[T, h]``.
     """
+    gates = ops.convert_to_tensor(gates)
     weights = gates * ops.cast(keep, gates.dtype)
     gathered = ops.take(expert_outputs, slot, axis=0)  # [T, k, h]
     weights = ops.cast(weights, gathered.dtype)

@@ -112,6 +112,7 @@ def variance_minimizing_baseline(per_example_loss, samples, probs):
         ``[B, units]``, the baseline of each example and unit (no gradient).
     """
     loss = ops.stop_gradient(ops.reshape(per_example_loss, (-1, 1)))
+    samples, probs = ops.convert_to_tensor(samples), ops.convert_to_tensor(probs)
     weight = ops.square(ops.stop_gradient(samples) - ops.stop_gradient(probs))
     numerator = ops.sum(weight * loss, axis=0, keepdims=True) - weight * loss
     denominator = ops.sum(weight, axis=0, keepdims=True) - weight

@@ -222,14 +222,14 @@ class DeepTransitionNumbersTest(TestCase):
         layer = DeepTransitionRNN(4, transition_layers=[6], shortcut=True, return_sequences=True)
         layer(x)
         _randomize(layer)
-        with_shortcut = np.asarray(layer(x))
+        with_shortcut = keras.ops.convert_to_numpy(layer(x))
         layer.cell.shortcut_kernel.assign(np.zeros((4, 4), "float32"))
         dt = DeepTransitionRNN(4, transition_layers=[6], return_sequences=True)
         dt(x)
         for source, target in zip(layer.cell.weights, dt.cell.weights):
             target.assign(source)  # U, W_1, b_1, W_2, b_2: same order
         self.assertAllClose(layer(x), dt(x), atol=1e-6)
-        self.assertGreater(np.abs(with_shortcut - np.asarray(dt(x))).max(), 1e-3)
+        self.assertGreater(np.abs(with_shortcut - keras.ops.convert_to_numpy(dt(x))).max(), 1e-3)
 
     def test_learned_leak_starts_at_one_half(self):
         layer = DeepTransitionRNN(3, leaky="learned")
@@ -263,7 +263,7 @@ class DeepTransitionSequenceTest(TestCase):
         mask[2, 0] = False  # a masked first step
         layer = self._layer(x, return_sequences=True, return_state=True)
         outputs, state = layer(x, mask=mask)
-        outputs, state = np.asarray(outputs), np.asarray(state)
+        outputs, state = keras.ops.convert_to_numpy(outputs), keras.ops.convert_to_numpy(state)
         w = _weights(layer.cell)
         expected, last = _numpy_rnn(w, x, np.tanh, np.tanh, "learned", mask=mask)
         self.assertAllClose(outputs, expected, atol=2e-5, rtol=1e-5)
@@ -289,18 +289,18 @@ class DeepTransitionSequenceTest(TestCase):
     def test_stateful_halves_equal_one_full_sequence(self):
         x = _input((3, 8, 5))
         full = self._layer(x, return_sequences=True)
-        expected = np.asarray(full(x))
+        expected = keras.ops.convert_to_numpy(full(x))
         stateful = DeepTransitionRNN(4, transition_layers=[5], shortcut=True, leaky="learned",
                                      return_sequences=True, stateful=True)
         stateful(x[:, :4])
         _copy_trainable(full, stateful)
         stateful.reset_state()
-        first = np.asarray(stateful(x[:, :4]))
-        second = np.asarray(stateful(x[:, 4:]))
+        first = keras.ops.convert_to_numpy(stateful(x[:, :4]))
+        second = keras.ops.convert_to_numpy(stateful(x[:, 4:]))
         self.assertAllClose(np.concatenate([first, second], axis=1), expected, atol=1e-5)
         # After a reset the second half starts from zeros again, which differs.
         stateful.reset_state()
-        fresh = np.asarray(stateful(x[:, 4:]))
+        fresh = keras.ops.convert_to_numpy(stateful(x[:, 4:]))
         self.assertGreater(np.abs(fresh - second).max(), 1e-3)
 
     def test_stateful_in_a_model_with_fit_batches(self):
@@ -310,7 +310,7 @@ class DeepTransitionSequenceTest(TestCase):
         streams = _input((2, 12, 5))
         windows = streams.reshape(2, 3, 4, 5).transpose(1, 0, 2, 3).reshape(6, 4, 5)
         whole = self._layer(streams, return_sequences=True)
-        expected = np.asarray(whole(streams))
+        expected = keras.ops.convert_to_numpy(whole(streams))
         inputs = keras.Input((4, 5), batch_size=2)
         layer = DeepTransitionRNN(4, transition_layers=[5], shortcut=True, leaky="learned",
                                   return_sequences=True, stateful=True)
@@ -333,7 +333,7 @@ class DeepTransitionSequenceTest(TestCase):
     def test_go_backwards(self):
         x = _input()
         layer = self._layer(x, return_sequences=True, go_backwards=True)
-        outputs = np.asarray(layer(x))
+        outputs = keras.ops.convert_to_numpy(layer(x))
         w = _weights(layer.cell)
         expected, _ = _numpy_rnn(w, x, np.tanh, np.tanh, "learned", go_backwards=True)
         self.assertAllClose(outputs, expected, atol=2e-5, rtol=1e-5)
@@ -349,7 +349,7 @@ class DeepTransitionSequenceTest(TestCase):
         layer = keras.layers.Bidirectional(
             DeepTransitionRNN(4, transition_layers=[5], shortcut=True, return_sequences=True)
         )
-        outputs = np.asarray(layer(x))
+        outputs = keras.ops.convert_to_numpy(layer(x))
         self.assertEqual(outputs.shape, (3, 7, 8))
         self.assertTrue(layer.backward_layer.go_backwards)
         forward, _ = _numpy_rnn(_weights(layer.forward_layer.cell), x, np.tanh, np.tanh, None)
@@ -390,7 +390,7 @@ class WeightNoiseTest(TestCase):
         )
         x = np.array([[[1.0, 2.0, -2.0]]], "float32")  # |x| = 3
         self.assertAllClose(layer(x, training=False), np.zeros((1, 64)))
-        draws = np.concatenate([np.asarray(layer(x, training=True)) for _ in range(40)])
+        draws = np.concatenate([keras.ops.convert_to_numpy(layer(x, training=True)) for _ in range(40)])
         self.assertAllClose(draws.mean(), 0.0, atol=0.05)
         self.assertAllClose(draws.std(), stddev * 3.0, rtol=0.1)
         # Fresh noise at every call.

@@ -10,7 +10,7 @@ from deepkit.testing import TestCase, weight_gradients
 
 def _gradients(layer, x, upstream):
     """d sum(layer(x) * upstream) / d trainable weights, as numpy arrays."""
-    return weight_gradients(layer, x, lambda y: keras.ops.sum(y * upstream))
+    return weight_gradients(layer, x, lambda y: keras.ops.sum(keras.ops.multiply(y, upstream)))
 
 
 def _pools(units, pieces, pool_stride):

@@ -56,11 +56,11 @@ class RoutersTest(TestCase):
         weights = np.array([1.0, 2.0, 3.0, 4.0], "float32")
 
         def hard(logits):
-            return ops.sum(routing.hard_route(logits)[1][:, 0] * weights)
+            return ops.sum(ops.multiply(routing.hard_route(logits)[1][:, 0], weights))
 
         def chosen_probability(logits):
             probs = ops.softmax(logits, axis=-1)
-            return ops.sum(ops.max(probs, axis=-1) * weights)
+            return ops.sum(ops.multiply(ops.max(probs, axis=-1), weights))
 
         self.assertAllClose(
             gradient(hard, LOGITS), gradient(chosen_probability, LOGITS), atol=1e-6
@@ -301,7 +301,7 @@ class DispatchTest(TestCase):
         weights = np.arange(1, 13, dtype="float32").reshape(6, 2)
 
         def fn(x):
-            return ops.sum(routing.dispatch(x, slot, keep, 6) * weights)
+            return ops.sum(ops.multiply(routing.dispatch(x, slot, keep, 6), weights))
 
         # Token t's gradient is the sum of the weights of the slots it fills.
         expected = np.stack(

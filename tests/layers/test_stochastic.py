@@ -57,7 +57,7 @@ class GateEstimatorsTest(TestCase):
 
         def fn(a):
             out = gate(a, training=True)
-            return ops.sum(out * UPSTREAM), out
+            return ops.sum(ops.multiply(out, UPSTREAM)), out
 
         return input_gradient(fn, A, has_aux=True)
 

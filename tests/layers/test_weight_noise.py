@@ -28,7 +28,7 @@ class NoisyDenseTest(TestCase):
     def test_inference_is_dense(self):
         layer = NoisyDense(4, activation="tanh", weight_noise=0.5, seed=2)
         x = np.random.default_rng(0).normal(size=(6, 3)).astype("float32")
-        y = np.asarray(layer(x, training=False))
+        y = keras.ops.convert_to_numpy(layer(x, training=False))
         kernel, bias = (np.asarray(w) for w in layer.get_weights())
         self.assertAllClose(y, np.tanh(x @ kernel + bias), atol=1e-6)
 
@@ -40,7 +40,7 @@ class NoisyDenseTest(TestCase):
         layer = NoisyDense(64, weight_noise=stddev, seed=5, kernel_initializer="zeros")
         x = np.array([[1.0, 2.0, -2.0]] * 2, "float32")  # |x| = 3
         self.assertAllClose(layer(x, training=False), np.zeros((2, 64)))
-        draws = [np.asarray(layer(x, training=True)) for _ in range(40)]
+        draws = [keras.ops.convert_to_numpy(layer(x, training=True)) for _ in range(40)]
         for d in draws:
             self.assertAllClose(d[0], d[1])
         values = np.stack([d[0] for d in draws])
