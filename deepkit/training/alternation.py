@@ -252,7 +252,14 @@ class Alternation(Trainer):
         scale = float(experts)
 
         def loss(y_true, y_pred):
-            return scale * keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+            # On rows [M·b, C], reshaped back to [1, M, b]: the same numbers,
+            # and Keras 3.15's torch backend fails in the backward pass of its
+            # sparse cross-entropy on 4-D outputs ("grad_input must be contiguous").
+            classes = ops.shape(y_pred)[-1]
+            per_row = keras.losses.sparse_categorical_crossentropy(
+                ops.reshape(y_true, (-1,)), ops.reshape(y_pred, (-1, classes))
+            )
+            return scale * ops.reshape(per_row, ops.shape(y_pred)[:-1])
 
         phase.compile(optimizer=self._phase_optimizer(model), loss=loss)
         history = _fit_phase(model, phase, model.expert_variables, xg, yg,
