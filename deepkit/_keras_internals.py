@@ -326,6 +326,9 @@ def run_rnn_inner_loop(layer, cell, sequences, initial_state, mask, training=Fal
     """
     check_rnn_inner_loop()
     _require(layer, "cell", "keras.layers.RNN.cell")
+    # On torch a layer is a `torch.nn.Module`, which keeps ``cell`` among its
+    # submodules, not in ``__dict__``: the stand-in then only shadows it there.
+    own = "cell" in layer.__dict__
     saved = layer.__dict__.get("cell"), layer.return_sequences
     object.__setattr__(layer, "cell", cell)
     object.__setattr__(layer, "return_sequences", True)
@@ -333,7 +336,10 @@ def run_rnn_inner_loop(layer, cell, sequences, initial_state, mask, training=Fal
         return keras.layers.RNN.inner_loop(layer, sequences, initial_state, mask,
                                            training=training)
     finally:
-        object.__setattr__(layer, "cell", saved[0])
+        if own:
+            object.__setattr__(layer, "cell", saved[0])
+        else:
+            object.__delattr__(layer, "cell")
         object.__setattr__(layer, "return_sequences", saved[1])
 
 
@@ -361,6 +367,32 @@ def jax_update_metrics(model, metrics_variables, unscaled_loss, x, y, y_pred, sa
              "keras.Model._update_metrics_variables (JAX trainer)")
     return model._update_metrics_variables(metrics_variables, unscaled_loss, x, y, y_pred,
                                            sample_weight)
+
+
+# -- torch autograd, for the torch backend's training steps ---------------------
+# Not Keras API: the torch counterparts of a TensorFlow `GradientTape` or a
+# `jax.grad`, kept here so that no other deepkit module imports torch. Keras'
+# own torch `train_step` differentiates with torch autograd too
+# (``loss.backward()``, then the optimizer under ``torch.no_grad()``).
+def torch_watch(tensor):
+    """``tensor`` (a torch leaf tensor) marked for differentiation, in place."""
+    return tensor.requires_grad_(True)
+
+
+def torch_gradients(target, sources):
+    """The gradients of the scalar ``target`` with respect to the torch
+    tensors ``sources`` (a variable's ``.value``), None for a source it does
+    not depend on; no graph is kept through them (they are constants)."""
+    import torch
+
+    return list(torch.autograd.grad(target, list(sources), allow_unused=True))
+
+
+def torch_no_grad():
+    """``torch.no_grad()``: the context the torch optimizers' updates run in."""
+    import torch
+
+    return torch.no_grad()
 
 
 # -- keras.Model.train_step / train_function ------------------------------------

@@ -49,7 +49,7 @@ def clip_by_global_norm(grads, threshold, norm=None):
     norm = global_norm(grads) if norm is None else norm
     threshold = ops.cast(threshold, "float32")
     scale = ops.where(norm > threshold, threshold / ops.maximum(norm, 1e-30), 1.0)
-    return [None if g is None else g * ops.cast(scale, g.dtype) for g in grads]
+    return [None if g is None else ops.multiply(g, ops.cast(scale, g.dtype)) for g in grads]
 
 
 def clip_by_value(grads, threshold):
@@ -90,11 +90,18 @@ def adaptive_clip(grads, params, clipping=0.01, eps=1e-3):
         limit = clipping * ops.maximum(unitwise_norm(p), eps)
         norm = unitwise_norm(g)
         scale = ops.where(norm > limit, limit / ops.maximum(norm, 1e-30), 1.0)
-        out.append(g * ops.cast(scale, g.dtype))
+        out.append(ops.multiply(g, ops.cast(scale, g.dtype)))
     return out
 
 
 # -- adaptive thresholds ---------------------------------------------------------
+
+def _tensors(state, *values):
+    """The state dict and the values as tensors (numpy arrays mix with no
+    backend's tensors on torch)."""
+    state = {k: ops.convert_to_tensor(v) for k, v in state.items()}
+    return (state, *(ops.convert_to_tensor(v) for v in values))
+
 
 class ThresholdRule:
     """Base of the adaptive thresholds of `ClipGradients`.
@@ -156,10 +163,12 @@ class AverageNorm(ThresholdRule):
         return {"average": ()}
 
     def threshold(self, state, step):
+        (state,) = _tensors(state)
         limit = self.multiple * state["average"]
         return ops.where(step < self.warmup_steps, float("inf"), limit)
 
     def update(self, state, norm, clipped_norm, step):
+        state, norm = _tensors(state, norm)
         step = ops.cast(step, "float32")
         if self.decay is None:
             average = state["average"] + (norm - state["average"]) / (step + 1.0)
@@ -261,10 +270,12 @@ class ZScoreNorm(ThresholdRule):
         return {"mean": (), "variance": ()}
 
     def threshold(self, state, step):
+        (state,) = _tensors(state)
         limit = state["mean"] + self.z * ops.sqrt(ops.maximum(state["variance"], 0.0))
         return ops.where(step < self.warmup_steps, float("inf"), limit)
 
     def update(self, state, norm, clipped_norm, step):
+        state, norm, clipped_norm = _tensors(state, norm, clipped_norm)
         step = ops.cast(step, "float32")
         warm = step < float(self.warmup_steps)
         # During warm-up: the running mean and variance of the raw norms.

@@ -28,7 +28,7 @@ same mathematics on tensors, for a user's own training step.
 Supported layers: `keras.layers.SimpleRNN` (or `keras.layers.RNN` of a
 `SimpleRNNCell`) and `DeepTransitionRNN` (or `keras.layers.RNN` of a
 `DeepTransitionCell`), with activations tanh, sigmoid, relu or linear;
-backends TensorFlow and JAX.
+backends TensorFlow, JAX and torch.
 """
 
 import functools
@@ -126,6 +126,8 @@ def backproject(cell, deltas, record):
     Returns:
         A tensor of the shape of ``deltas``.
     """
+    deltas = ops.convert_to_tensor(deltas)
+    record = {k: ops.convert_to_tensor(v) for k, v in record.items()}
     if isinstance(cell, keras.layers.SimpleRNNCell):
         # h_k = φ(x_k K + b + h_{k-1} R): δ_k J_k = (δ_k ⊙ φ'(h_k)) Rᵀ.
         slope = _derivative(cell.activation, record["states"], "the SimpleRNN cell")
@@ -395,10 +397,12 @@ class VanishingGradientRegularizer(keras.callbacks.Callback):
             step = functools.partial(_tensorflow_train_step, model, self)
         elif backend == "jax":
             step = functools.partial(_jax_train_step, model, self)
+        elif backend == "torch":
+            step = functools.partial(_torch_train_step, model, self)
         else:
             raise ValueError(
                 f"VanishingGradientRegularizer: the {backend} backend is not supported "
-                "(TensorFlow and JAX are)")
+                "(TensorFlow, JAX and torch are)")
         _keras_internals.install_train_step(model, step)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -461,6 +465,39 @@ def _tensorflow_train_step(model, regularizer, data):
     model.optimizer.apply_gradients(zip(grads, trainable))
     logs = dict(model.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
     logs["omega"] = omega
+    return logs
+
+
+def _torch_train_step(model, regularizer, data):
+    # The TensorFlow step above with torch autograd for the tape, as Keras'
+    # own torch `train_step` (the optimizer steps under torch.no_grad()).
+    recorder = regularizer._recorder
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    trainable = model.trainable_variables
+    probes = recorder.probes = {name: _keras_internals.torch_watch(probe)
+                                for name, probe in recorder.make_probes(x).items()}
+    with recorder:
+        y_pred = model(x, training=True)
+    loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                              training=True)
+    _keras_internals.track_loss(model, loss, x)
+    loss = model.optimizer.scale_loss(loss)
+    names = list(probes)
+    found = _keras_internals.torch_gradients(
+        loss, [*(v.value for v in trainable), *probes.values()])
+    grads, deltas = found[:len(trainable)], dict(zip(names, found[len(trainable):]))
+    indices = _recurrent_indices(model, recorder.layers)
+    alpha = regularizer.weight_at(model.optimizer.iterations)
+    omega = regularizer.penalty(deltas)
+    scaled = model.optimizer.scale_loss(alpha * omega)
+    extra = _keras_internals.torch_gradients(scaled, [trainable[i].value for i in indices])
+    for i, g in zip(indices, extra):
+        if g is not None:
+            grads[i] = g if grads[i] is None else grads[i] + g
+    with _keras_internals.torch_no_grad():
+        model.optimizer.apply_gradients(zip(grads, trainable))
+    logs = dict(model.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
+    logs["omega"] = ops.stop_gradient(omega)
     return logs
 
 
