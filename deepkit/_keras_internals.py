@@ -95,6 +95,11 @@ Helpers here that use public API only:
   ``"seed_generator_state"`` in the variables' paths, a naming detail of
   `SeedGenerator`, and selects the same variables in the same order.
 
+Not Keras API at all: `torch_watch`, `torch_gradients` and `torch_no_grad`,
+torch autograd for the torch backend's training steps (the counterparts of a
+TensorFlow `GradientTape` and of `jax.grad` in `VanishingGradientRegularizer`),
+kept here so that no other deepkit module imports torch.
+
 Replaced by public API (no private use left there):
 ``optimizer._learning_rate`` (`AnnealOnPlateau` reads `optimizer.learning_rate`,
 which is the optimizer's variable itself for a plain rate and a computed

@@ -299,7 +299,8 @@ def test_run_rnn_inner_loop_uses_the_stand_in_cell_and_restores_the_layer():
     last, outputs, _ = ki.run_rnn_inner_loop(layer, stand_in, keras.ops.convert_to_tensor(x),
                                              init, None)
     assert tuple(outputs.shape) == (2, 4, 3)          # every step, not only the last
-    np.testing.assert_allclose(np.asarray(last), np.asarray(outputs)[:, -1])
+    last, outputs = keras.ops.convert_to_numpy(last), keras.ops.convert_to_numpy(outputs)
+    np.testing.assert_allclose(last, outputs[:, -1])
     h = np.zeros((2, 3), "float32")
     K, R, b = (np.asarray(v) for v in (cell.kernel, cell.recurrent_kernel, cell.bias))
     for t in range(4):
@@ -391,7 +392,10 @@ def test_in_symbolic_scope_is_true_only_while_keras_traces_shapes():
     Probe()(np.ones((2, 3), "float32"))
     with keras.SymbolicScope():
         assert ki.in_symbolic_scope() is True
-    assert seen == [True, False] and ki.in_symbolic_scope() is False
+    # Keras' torch backend traces a call twice when a dimension is unknown
+    # (with sizes 83 and 89, to find which output dimensions follow it).
+    traces = 2 if keras.backend.backend() == "torch" else 1
+    assert seen == [True] * traces + [False] and ki.in_symbolic_scope() is False
 
 
 def test_test_step_internals_errors_name_the_attribute():
