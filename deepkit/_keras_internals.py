@@ -98,7 +98,9 @@ Helpers here that use public API only:
 Not Keras API at all: `torch_watch`, `torch_gradients` and `torch_no_grad`,
 torch autograd for the torch backend's training steps (the counterparts of a
 TensorFlow `GradientTape` and of `jax.grad` in `VanishingGradientRegularizer`),
-kept here so that no other deepkit module imports torch.
+and `torch_manual_seed` (torch's global generator, which Keras' torch dropout
+uses for a layer without a seed, for `ExactBackupAndRestore`), kept here so
+that no other deepkit module imports torch.
 
 Replaced by public API (no private use left there):
 ``optimizer._learning_rate`` (`AnnealOnPlateau` reads `optimizer.learning_rate`,
@@ -391,6 +393,15 @@ def torch_gradients(target, sources):
     import torch
 
     return list(torch.autograd.grad(target, list(sources), allow_unused=True))
+
+
+def torch_manual_seed(seed):
+    """Seed torch's global generator (``torch.manual_seed``). Keras' torch
+    dropout draws from it, not from the layer's `SeedGenerator`, when the
+    layer was given no seed."""
+    import torch
+
+    torch.manual_seed(int(seed))
 
 
 def torch_no_grad():

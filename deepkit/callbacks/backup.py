@@ -91,6 +91,10 @@ def set_epoch_state(model, seed, epoch, data=None):
     for index, variable in enumerate(variables):
         value = np.array([epoch_seed_state(seed, epoch, index), 0])
         variable.assign(value.astype(variable.dtype))
+    if keras.backend.backend() == "torch":
+        # Keras' torch dropout of a layer given no seed draws from torch's
+        # global generator instead of its SeedGenerator.
+        _keras_internals.torch_manual_seed(epoch_seed_state(seed, epoch, len(variables)))
 
 
 @export

@@ -91,6 +91,12 @@ class MomentumScheduleTest(TestCase):
         momenta = [0.5, 0.9, 0.0]
         model = _constant_gradient_model(keras.optimizers.SGD(LEARNING_RATE, momentum=0.5))
         weight = _fit(model, 3, [_SetAttribute(momenta)])
+        if keras.backend.backend() == "torch":
+            # Keras' torch trainer runs the step eagerly (nothing is traced):
+            # there the plain attribute is read at every step.
+            self.assertAlmostEqual(weight, _expected_weight(momenta), places=5)
+            self.assertNotAlmostEqual(weight, _expected_weight([0.5, 0.5, 0.5]), places=3)
+            return
         self.assertAlmostEqual(weight, _expected_weight([0.5, 0.5, 0.5]), places=5)
         self.assertNotAlmostEqual(weight, _expected_weight(momenta), places=3)
 
