@@ -102,18 +102,50 @@ def _set_backend(args, recipe=None):
                                   f"the {keras.backend.backend()} backend")
         os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cpu_devices = getattr(args, "cpu_devices", None)
+    if cpu_devices and os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        from deepkit.distribution import split_cpu
+
+        split_cpu(cpu_devices)  # XLA_FLAGS, before JAX is imported
+    distribution = recipe.distribution if recipe is not None else None
     if getattr(args, "debug", False):
+        _split_tensorflow_cpu(cpu_devices)
+        _start_distribution(distribution)
         import keras  # noqa: F401
     else:
-        _quiet_import_keras()
+        _quiet_import_keras(cpu_devices, distribution)
 
 
-def _quiet_import_keras():
+def _start_distribution(spec):
+    """Engines that must exist before TensorFlow lists its devices."""
+    if spec is None:
+        return
+    from deepkit.distribution import DistributionError, start
+
+    try:
+        start(spec)
+    except DistributionError as error:
+        raise RecipeError(str(error), "distribution") from None
+
+
+def _split_tensorflow_cpu(cpu_devices):
+    if cpu_devices and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        from deepkit.distribution import DistributionError, split_cpu
+
+        try:
+            split_cpu(cpu_devices, "tensorflow")
+        except DistributionError as error:
+            raise RecipeError(f"--cpu-devices {cpu_devices}: {error}") from None
+
+
+def _quiet_import_keras(cpu_devices=None, distribution=None):
     """Import Keras with the C++ start-up chatter of TensorFlow/XLA silenced."""
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         sys.stderr.flush()
         os.dup2(devnull, 2)
+        _split_tensorflow_cpu(cpu_devices)
+        _start_distribution(distribution)
         import keras  # noqa: F401
 
         try:  # the data pipeline imports it later on every backend
@@ -161,6 +193,8 @@ def _resume_command(args, run_dir):
 def cmd_run(args):
     if args.run_dir:
         _check_run_dir(args.run_dir)
+    if args.distribution:
+        args.set = list(args.set) + [f"distribution={args.distribution}"]
     # The runner builds every object once, before it writes anything; only
     # when a source recipe must train first are they built here too, so a
     # bad argument is refused before the source's minutes of training.
@@ -325,6 +359,14 @@ def parser():
     sp.add_argument("--time-limit", type=_minutes, metavar="MINUTES",
                     help="stop each training stage after the last whole epoch that fits "
                          "in MINUTES (a TimeLimit callback), for runs sized to a budget")
+    sp.add_argument("--distribution", metavar="KIND",
+                    help="train on several devices: mirrored or multi_worker_mirrored "
+                         "(TensorFlow; workers from TF_CONFIG), data_parallel, "
+                         "model_parallel or expert_parallel (JAX); the recipe's "
+                         "batch_size stays the global batch (sets distribution=KIND)")
+    sp.add_argument("--cpu-devices", type=int, metavar="N",
+                    help="split the CPU into N logical devices before the backend starts "
+                         "(to try a distribution on one machine)")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("show", help="print the resolved, validated recipe")

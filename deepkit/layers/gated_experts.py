@@ -361,6 +361,9 @@ class GatedExperts(keras.layers.Layer):
         self.steps_total = self._statistic("steps_total", ())
 
     def _statistic(self, name, shape):
+        # Each step adds a mean over its batch (and 1 to the step count):
+        # under tf.distribute, the replicas' additions are averaged, so the
+        # statistics are those of the global batch.
         return self.add_weight(
             name=name,
             shape=shape,
@@ -368,6 +371,7 @@ class GatedExperts(keras.layers.Layer):
             dtype="float32",
             trainable=False,
             autocast=False,
+            aggregation="mean",
         )
 
     def _run_experts(self, buffer):

@@ -23,6 +23,66 @@ from deepkit.training.stages import Stage, previous_train_loss
 UNTIL_TARGETS = {"previous_train_loss": previous_train_loss}
 
 
+# Callbacks that install a training step of their own, tested on one device
+# and under tf.distribute only.
+_STEP_CALLBACKS = ("VanishingGradientRegularizer",)
+
+
+def scale(recipe):
+    """The recipe's `deepkit.distribution.Scale`, checked against the backend
+    and against what cannot run under it (refused before anything is
+    written, with the reason)."""
+    import keras
+
+    from deepkit.distribution import DistributionError, Scale
+
+    where = "distribution"
+    try:
+        out = Scale.from_spec(recipe.distribution)
+        out.check_backend(keras.backend.backend())
+        if out.kind is None:
+            return out
+        if out.kind == "multi_worker_mirrored":
+            # Measured 2026-12-07, Keras 3.15.1, TF 2.21, two workers on
+            # localhost: the strategy starts and both workers join, then
+            # Model.fit fails converting a PerReplica batch to a tensor (the
+            # open question of keras-team/keras #20585).
+            raise DistributionError(
+                "multi_worker_mirrored is not supported yet: under Keras 3.15 Model.fit "
+                "fails inside MultiWorkerMirroredStrategy ('Attempt to convert a value "
+                "(PerReplica...) to a Tensor', keras-team/keras #20585); use mirrored on one "
+                "machine, or data_parallel on JAX")
+        trainers = [("fit.trainer", recipe.fit.trainer)] + [
+            (f"stages[{i}].trainer", s.trainer) for i, s in enumerate(recipe.stages)]
+        for path, spec in trainers:
+            if spec is not None:
+                where = path
+                raise DistributionError(
+                    f"the trainer {spec.name} runs its own loop of fit calls, which is not "
+                    f"tested under distribution {out.kind}; run it on one device")
+        if out.kind in ("data_parallel", "model_parallel", "expert_parallel"):
+            specs = [("fit.callbacks", recipe.fit.callbacks)] + [
+                (f"stages[{i}].callbacks", s.callbacks) for i, s in enumerate(recipe.stages)]
+            for path, callbacks in specs:
+                for spec in callbacks:
+                    if spec.name in _STEP_CALLBACKS:
+                        where = path
+                        raise DistributionError(
+                            f"{spec.name} installs a JAX training step of its own, which "
+                            f"is not sharded by keras.distribution; use distribution "
+                            "mirrored on the TensorFlow backend")
+        where = "data.batch_size"
+        out.per_replica_batch(recipe.data.batch_size)
+        if recipe.model.sequential is not None and any(
+                spec.config.get("stateful") for spec in recipe.model.sequential):
+            where = "model"
+            raise DistributionError("a stateful RNN keeps one state per example of a static "
+                                    "batch, which a distribution would split")
+    except DistributionError as error:
+        raise RecipeError(str(error), where, recipe.file) from None
+    return out
+
+
 def load_splits(recipe):
     """{split: arrays or None} for train, valid and test."""
     data = recipe.data

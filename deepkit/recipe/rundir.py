@@ -94,12 +94,16 @@ def environment(recipe, command=None):
     }
 
 
-def write_environment(run_dir, recipe, command=None, resumed=False):
-    """Write `env.json`; a resumed run appends its environment under "resumed"."""
+def write_environment(run_dir, recipe, command=None, resumed=False, distribution=None):
+    """Write `env.json`; a resumed run appends its environment under "resumed".
+    `distribution`: what `deepkit.distribution.Scale.describe` says (kind,
+    replicas, devices, global and per-replica batch sizes), or None."""
     import json
 
     path = Path(run_dir) / "env.json"
     env = environment(recipe, command)
+    if distribution is not None:
+        env["distribution"] = distribution
     if resumed and path.exists():
         previous = json.loads(path.read_text())
         previous.setdefault("resumed", []).append(env)

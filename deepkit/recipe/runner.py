@@ -34,6 +34,13 @@ class Runner:
     def __init__(self, recipe, run_dir=None, console=None, command=None, time_limit=None):
         self.recipe = recipe
         self.run_dir = Path(run_dir) if run_dir else rundir.default_run_dir(recipe)
+        from deepkit.distribution import Scale, worker_name
+
+        # Under multi_worker_mirrored every worker trains; the chief writes
+        # the run directory, each other worker a folder of its own inside it
+        # (its checkpoints, so that it resumes too).
+        if not Scale.from_spec(recipe.distribution).is_chief:
+            self.run_dir = self.run_dir / worker_name()
         self.console = console or Console(stderr=True)
         self.command = command
         self.time_limit = time_limit
@@ -96,11 +103,13 @@ class Runner:
         keras.utils.set_random_seed(recipe.seed)
         if recipe.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
+        self.scale = build.scale(recipe)
         # Every object once, then the data, before anything is written: a bad
         # argument or a data error leaves no run directory.
-        built = build.objects(recipe, self.time_limit, self.run_dir)
-        splits = build.load_splits(recipe)
-        model = build.build_model(recipe, splits["train"], built)
+        with self.scale.scope():
+            built = build.objects(recipe, self.time_limit, self.run_dir)
+            splits = build.load_splits(recipe)
+            model = build.build_model(recipe, splits["train"], built)
         generative.check(recipe, splits, model)
         # Also before anything is written, so a bad init_from leaves no run
         # directory; a resumed run gets its weights from the checkpoint instead.
@@ -111,7 +120,8 @@ class Runner:
             rundir.create(self.run_dir, recipe)
         else:
             self.console.print(f"resuming the run in {self.run_dir}")
-        model.compile(**built.compile)
+        with self.scale.scope():
+            model.compile(**built.compile)
         return splits, model, built.stages
 
     def _fit_arguments(self, model, splits):
@@ -135,15 +145,8 @@ class Runner:
         splits = self._model_data(splits)
         progress = RichProgressBar(batch_size=recipe.data.batch_size, console=self.console)
         try:
-            results = fit_stages(
-                model, stages, splits["train"],
-                validation_data=splits["valid"], batch_size=recipe.data.batch_size,
-                seed=recipe.seed, shuffle=recipe.fit.shuffle,
-                # StopOnInterrupt first: on Ctrl-C it raises before any later
-                # callback sees the unfinished epoch.
-                callbacks=[StopOnInterrupt()], observers=[progress],
-                checkpoint_dir=ckpt, history_dir=self.run_dir, log=self.console.print,
-                **self._fit_arguments(model, splits))
+            with self.scale.scope():
+                results = self._fit_stages(model, stages, splits, ckpt, progress)
         except TrainingInterrupted as stop:
             raise RunInterrupted(f"{stop} of stage {stop.index} ({stop.stage}); "
                                  f"{self._kept(stop.index, stop.checkpoint_epoch)}",
@@ -159,6 +162,18 @@ class Runner:
         finally:
             progress.on_train_end()  # the live display, also when fit raised
         return results
+
+    def _fit_stages(self, model, stages, splits, ckpt, progress):
+        recipe = self.recipe
+        return fit_stages(
+            model, stages, splits["train"],
+            validation_data=splits["valid"], batch_size=recipe.data.batch_size,
+            seed=recipe.seed, shuffle=recipe.fit.shuffle,
+            # StopOnInterrupt first: on Ctrl-C it raises before any later
+            # callback sees the unfinished epoch.
+            callbacks=[StopOnInterrupt()], observers=[progress],
+            checkpoint_dir=ckpt, history_dir=self.run_dir, log=self.console.print,
+            **self._fit_arguments(model, splits))
 
     def _kept(self, index, epoch, good=""):
         if epoch is None:
@@ -196,13 +211,15 @@ class Runner:
         if finished is not None:
             return finished
         splits, model, stages = self._prepare_model(resumed)
-        env = rundir.write_environment(self.run_dir, recipe, self.command, resumed)
+        env = rundir.write_environment(self.run_dir, recipe, self.command, resumed,
+                                       distribution=self._distribution_record())
         stages = self._train(model, stages, splits, env)
         # Saved before the evaluation, which may run for minutes (a chain).
         tmp = self.run_dir / "model.tmp.keras"
         model.save(str(tmp))
         os.replace(tmp, self.run_dir / "model.keras")
-        metrics, chain_evaluation = self._evaluate(model, splits)
+        with self.scale.scope():
+            metrics, chain_evaluation = self._evaluate(model, splits)
         results = {
             "name": recipe.name,
             "status": "finished",
@@ -224,6 +241,12 @@ class Runner:
         Console().print(report.table(results))
         self.console.print(f"run directory: {self.run_dir}")
         return results
+
+    def _distribution_record(self):
+        """env.json's `distribution`: kind, replicas, devices, batch sizes."""
+        if self.scale.kind is None:
+            return None
+        return self.scale.describe(self.recipe.data.batch_size)
 
     def _comparison(self):
         """The results' `smoke`, `reference` (what this run compares with)

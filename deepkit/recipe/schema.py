@@ -123,6 +123,8 @@ class Recipe:
     jit_compile: Any = "auto"
     mixed_precision: bool = False
     description: str = ""
+    # deepkit.distribution.Scale.from_spec's input: a kind, {kind: {options}}, or None.
+    distribution: Any = None
     init_from: Optional[dict] = None
     # The loaded, validated source recipe of `init_from.recipe` (a Recipe),
     # filled in by `deepkit.recipe.load`; None otherwise.
@@ -152,6 +154,7 @@ TOP_KEYS = {
     "jit_compile": False,
     "mixed_precision": False,
     "description": False,
+    "distribution": False,
 }
 FIT_KEYS = {
     "epochs": int,
@@ -282,6 +285,19 @@ def metrics_spec(value, path, file):
     if isinstance(value, dict):
         return {k: _object_list(v, f"{path}.{k}", file) for k, v in value.items()}
     return _object_list(value, path, file)
+
+
+def _distribution(value, file):
+    """`distribution:` checked (kind and options; the backend is checked when
+    the run starts)."""
+    from deepkit.distribution import DistributionError, Scale
+
+    try:
+        Scale.from_spec(value)
+    except DistributionError as error:
+        raise RecipeError(str(error).removeprefix("distribution").lstrip(": "),
+                          "distribution", file) from None
+    return copy.deepcopy(value)
 
 
 def _freezing(section, path, file):
@@ -601,6 +617,7 @@ def parse(raw, file=None):
         jit_compile=jit,
         mixed_precision=check_type(raw.get("mixed_precision", False), bool, "mixed_precision", file),
         description=check_type(raw.get("description", ""), str, "description", file),
+        distribution=_distribution(raw.get("distribution"), file),
         init_from=init_from,
         file=file,
         raw=copy.deepcopy(raw),
