@@ -33,8 +33,8 @@ set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 ROOT=$PWD
-SHARED_WHEELS=/work/shared/device/wheels
-SHARED_DATA=/work/shared/data
+SHARED_WHEELS=${DEEPKIT_WHEELS:-/work/shared/device/wheels}  # where --prepare finds the wheels
+SHARED_DATA=${DEEPKIT_DATA_SOURCE:-/work/shared/data}  # where --prepare finds the data
 LOCAL_WHEELS=/opt/pypi/files  # this machine's offline package files
 DATA_FILES=(
   "mnist/train-images-idx3-ubyte.gz" "mnist/train-labels-idx1-ubyte.gz"
