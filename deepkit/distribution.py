@@ -42,6 +42,7 @@ MultiWorkerMirroredStrategy, TF_CONFIG); Keras 3's ``keras.distribution``
 
 import contextlib
 import json
+import math
 import os
 
 KINDS = ("mirrored", "multi_worker_mirrored", "data_parallel", "model_parallel",
@@ -189,10 +190,12 @@ class Scale:
                                 f"{hint}")
 
     # -- the engine ------------------------------------------------------------
-    def _device_names(self):
-        import keras
+    def _device_names(self, devices=None):
+        """`devices` (default: keras.distribution's list), cut to `self.devices`."""
+        if devices is None:
+            import keras
 
-        devices = keras.distribution.list_devices()
+            devices = keras.distribution.list_devices()
         if self.devices is not None:
             if int(self.devices) > len(devices):
                 raise DistributionError(f"distribution {self.kind}: {self.devices} devices "
@@ -210,8 +213,7 @@ class Scale:
         if self.kind == "mirrored":
             import tensorflow as tf
 
-            names = [d for d in self._tf_devices()]
-            self._engine = tf.distribute.MirroredStrategy(devices=names)
+            self._engine = tf.distribute.MirroredStrategy(devices=self._tf_devices())
         elif self.kind == "multi_worker_mirrored":
             import tensorflow as tf
 
@@ -228,9 +230,7 @@ class Scale:
         else:
             devices = self._device_names()
             mesh_shape = dict(self.mesh or {"batch": 1, "model": len(devices)})
-            size = 1
-            for n in mesh_shape.values():
-                size *= int(n)
+            size = math.prod(int(n) for n in mesh_shape.values())
             if size != len(devices):
                 raise DistributionError(f"distribution {self.kind}: the mesh {mesh_shape} "
                                         f"holds {size} devices, but {len(devices)} are used")
@@ -251,10 +251,8 @@ class Scale:
         import tensorflow as tf
 
         gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        if self.devices is not None:
-            devices = devices[: int(self.devices)]
-        return devices
+        return self._device_names(
+            [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))])
 
     @property
     def replicas(self):
@@ -298,16 +296,11 @@ class Scale:
 
     @contextlib.contextmanager
     def scope(self):
-        """Build, compile and fit inside this."""
+        """Build, compile and fit inside this (the strategy's or the
+        distribution's own scope; nothing on one device)."""
         engine = self.engine()
-        if engine is None:
+        with engine.scope() if engine is not None else contextlib.nullcontext():
             yield self
-        elif hasattr(engine, "scope") and hasattr(engine, "num_replicas_in_sync"):
-            with engine.scope():
-                yield self
-        else:
-            with engine.scope():
-                yield self
 
     def describe(self, batch_size=None):
         """What `env.json` records: kind, replicas, devices, batch sizes."""

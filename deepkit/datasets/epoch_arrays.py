@@ -74,6 +74,14 @@ class EpochShuffledArrays(keras.utils.PyDataset):
         return tuple(_take(a, rows) for a in self.arrays)
 
 
+def as_arrays(data):
+    """`data` (`(x, y)` or `(x, y, sample_weight)`) as a tuple of numpy
+    arrays, an element that is a dict (named outputs' targets) as a dict of
+    them."""
+    return tuple({k: np.asarray(v) for k, v in a.items()} if isinstance(a, dict)
+                 else np.asarray(a) for a in data)
+
+
 def _length(element):
     """Rows of an array, or of the arrays of a dict (which must agree)."""
     if isinstance(element, dict):

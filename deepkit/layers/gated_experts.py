@@ -362,7 +362,7 @@ class GatedExperts(keras.layers.Layer):
 
     def _statistic(self, name, shape):
         # Each step adds a mean over its batch (and 1 to the step count):
-        # under tf.distribute, the replicas' additions are averaged, so the
+        # with several replicas, their additions are averaged, so the
         # statistics are those of the global batch.
         return self.add_weight(
             name=name,

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import keras
-import numpy as np
 
 from deepkit import datasets
 from deepkit.callbacks import TimeLimit
+from deepkit.datasets.epoch_arrays import as_arrays
 from deepkit.recipe import names
 from deepkit.recipe.errors import RecipeError
 from deepkit.training.stages import Stage, previous_train_loss
@@ -95,9 +95,7 @@ def load_splits(recipe):
             arrays = datasets.load(data.dataset, split, **options)
         except datasets.DataError as e:
             raise RecipeError(str(e), "data", recipe.file) from None
-        out[split] = None if arrays is None else tuple(
-            {k: np.asarray(v) for k, v in a.items()} if isinstance(a, dict) else np.asarray(a)
-            for a in arrays)
+        out[split] = None if arrays is None else as_arrays(arrays)
     if out["train"] is None:
         raise RecipeError(f"data set {data.dataset!r} gave no training split", "data")
     for i, stage in enumerate(recipe.stages):

@@ -33,7 +33,7 @@ from deepkit.callbacks.nan_guard import StopOnNaN
 from deepkit.callbacks.reset_states import ResetStates, stateful_layers
 from deepkit.callbacks.rich_progress import RichProgressBar
 from deepkit.callbacks.stop_at_target import StopAtTarget
-from deepkit.datasets.epoch_arrays import EpochShuffledArrays
+from deepkit.datasets.epoch_arrays import EpochShuffledArrays, as_arrays
 from deepkit.training.loss_weights import LossWeightScheduler, scheduled_losses
 
 # A prime, so that stage seeds of nearby run seeds never coincide.
@@ -522,9 +522,9 @@ def fit_stages(model, stages, train, validation_data=None, *, batch_size=32, see
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise StageError(f"fit_stages: stage names must differ, got {names}")
-    train = _arrays(train)
+    train = as_arrays(train)
     if isinstance(validation_data, (tuple, list)):
-        validation_data = _arrays(validation_data)
+        validation_data = as_arrays(validation_data)
     for stage in stages:
         if stage.merge_validation and validation_data is None:
             raise StageError(f"Stage {stage.name!r}: merge_validation needs validation_data")
@@ -546,12 +546,6 @@ def fit_stages(model, stages, train, validation_data=None, *, batch_size=32, see
         _set_flags(initial)
         raise
     return results
-
-
-def _arrays(data):
-    """A tuple of numpy arrays, or of dicts of them (named outputs' targets)."""
-    return tuple({k: np.asarray(v) for k, v in a.items()} if isinstance(a, dict)
-                 else np.asarray(a) for a in data)
 
 
 def _concatenate(a, b):
